@@ -1,0 +1,1 @@
+"""hdr: handwritten digit recognition on MNIST with Lightning and Hydra."""

@@ -1,0 +1,105 @@
+"""The LightningModule: one net, cross-entropy, accuracy and confusion matrices per stage."""
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from hdr.models import build_net
+from hdr.plots import confusion_matrix_figure
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class DigitClassifier(L.LightningModule):
+    """Classifies 28x28 digits; built from primitives only, so a checkpoint rebuilds it alone."""
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optimizer: str = "adam",
+        lr: float = 0.01,
+        weight_decay: float = 0.0,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"Unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}."
+            )
+        self.net = build_net(**net, num_classes=num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+        self.val_cm = MulticlassConfusionMatrix(num_classes)
+        self.test_cm = MulticlassConfusionMatrix(num_classes)
+        self.val_acc_best = MaxMetric()
+        self.confusion: dict[str, torch.Tensor] = {}  # last computed matrix per stage, for reports
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = getattr(self, f"{stage}_acc")
+        acc(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        if stage != "train":
+            getattr(self, f"{stage}_cm").update(logits, y)
+        return loss
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).softmax(dim=-1)
+
+    def on_train_start(self) -> None:
+        # The sanity check's partial validation must not count towards the best score.
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        matrix = self._end_confusion("val")
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self._log_figure("val", matrix)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_figure("test", self._end_confusion("test"))
+
+    def _end_confusion(self, stage: str) -> torch.Tensor:
+        metric = getattr(self, f"{stage}_cm")
+        matrix = metric.compute().cpu()  # a collective under DDP: every rank calls it
+        metric.reset()
+        self.confusion[stage] = matrix
+        return matrix
+
+    def _log_figure(self, stage: str, matrix: torch.Tensor) -> None:
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger) and self.global_rank == 0:
+                title = f"{stage} confusion matrix, epoch {self.current_epoch}"
+                fig = confusion_matrix_figure(matrix, title)
+                logger.experiment.add_figure(f"{stage}/confusion_matrix", fig, self.current_epoch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        opt = OPTIMIZERS[self.hparams.optimizer]
+        return opt(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,58 @@
+"""Figures for TensorBoard and the README: confusion matrices and accuracy curves."""
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+
+def confusion_matrix_figure(matrix: torch.Tensor, title: str = "confusion matrix") -> Figure:
+    """A labelled heatmap: rows are true digits, columns predictions, each cell its count."""
+    m = matrix.cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=100)
+    # A log-like scale would hide the diagonal's size; clip colours so errors stay visible.
+    im = ax.imshow(m, cmap="Blues", vmax=max(1, m.max() * 0.25))
+    n = m.shape[0]
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    for i in range(n):
+        for j in range(n):
+            if m[i, j]:
+                color = "white" if m[i, j] > m.max() * 0.15 else "black"
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a TensorBoard log folder, as (step, value) pairs."""
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it narrates every file it opens
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def accuracy_figure(
+    curves: Mapping[str, Sequence[float]], title: str = "accuracy per epoch"
+) -> Figure:
+    """One line per series (e.g. train/acc, val/acc), x = epoch from 1."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), [100 * v for v in values], label=label)
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    lows = [min(v) for v in curves.values() if len(v)]
+    if lows:
+        ax.set_ylim(100 * min(lows) - 0.5, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,101 @@
+"""Entry point: `python -m hdr.train [overrides]` builds everything from `conf/` and trains."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from hdr.plots import accuracy_figure, confusion_matrix_figure, read_scalars
+from hdr.utils import instantiate_group
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit on train/val, test the best checkpoint, write reports; return metrics and objects."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = instantiate(cfg.data)
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model = instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if cfg.get("train"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if cfg.get("test"):
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not ckpt:
+            log.warning("No best checkpoint: testing the weights as they are now.")
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    if trainer.is_global_zero:
+        report(cfg, model, loggers, metrics)
+    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def report(cfg: DictConfig, model: L.LightningModule, loggers: list, metrics: dict) -> None:
+    """HPARAMS entry, accuracy curves and test confusion matrix as PNGs, and a closing summary."""
+    out = Path(cfg.paths.output_dir)
+    hp_metrics = {
+        f"hp/{k.replace('/', '_')}": metrics[k]
+        for k in ("val/acc_best", "test/acc")
+        if k in metrics
+    }
+    for logger in loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        logger.log_hyperparams(hparams_of(cfg), metrics=hp_metrics)
+        logger.experiment.flush()
+        scalars = read_scalars(logger.log_dir)
+        curves = {
+            tag: [v for _, v in scalars[tag]] for tag in ("train/acc", "val/acc") if tag in scalars
+        }
+        if curves:
+            accuracy_figure(curves).savefig(out / "accuracy.png")
+    if "test" in model.confusion:
+        confusion_matrix_figure(model.confusion["test"], "test confusion matrix").savefig(
+            out / "confusion_matrix.png"
+        )
+    if "test/acc" in metrics:
+        log.info("Test accuracy: %.2f%%", 100 * metrics["test/acc"])
+    if "val/acc_best" in metrics:
+        log.info("Best validation accuracy: %.2f%%", 100 * metrics["val/acc_best"])
+    log.info("Outputs (checkpoints, plots, logs): %s", out)
+    log.info("TensorBoard: tensorboard --logdir %s", out)
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """What the HPARAMS tab compares runs by: model and data settings, epochs, seed."""
+    keep = {
+        "model": cfg.model,
+        "data": {k: v for k, v in cfg.data.items() if k not in ("_target_", "data_dir")},
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "seed": cfg.get("seed"),
+    }
+    params = OmegaConf.to_container(OmegaConf.create(keep), resolve=True)
+    params["model"].pop("_target_", None)
+    params["model"].pop("_convert_", None)
+    return params
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics, _ = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))  # what a sweeper maximises
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real `conf/`, composed and shrunk for tests; the real MNIST files."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+# CI and the Makefile set HDR_DATA_DIR; a checkout beside shared/ finds the data without it.
+DATA_DIR = Path(os.environ.get("HDR_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    """The real root config with `overrides`, as `python -m hdr.train` would see it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides or [], return_hydra_config=True)
+
+
+def shrunk_cfg(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """The real config on the real data, writing to `output_dir`, quiet."""
+    cfg = compose_cfg([f"paths.data_dir={DATA_DIR}", *(overrides or [])])
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.enable_model_summary = False
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Compose the real config for one test, writing into its tmp_path."""
+    yield lambda overrides=None: shrunk_cfg(tmp_path, overrides)
+    GlobalHydra.instance().clear()

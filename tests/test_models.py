@@ -1,0 +1,46 @@
+"""Nets: output shapes for several configurations, and clear errors for bad ones."""
+
+import pytest
+import torch
+
+from hdr.models import build_net
+from hdr.module import DigitClassifier
+
+
+@pytest.mark.parametrize(
+    "hidden, activation, dropout",
+    [([1400], "relu", 0.0), ([1000, 1000], "sigmoid", 0.2), ([64, 32, 16, 8], "tanh", 0.5)],
+)
+def test_mlp_shapes_and_layers(hidden, activation, dropout):
+    net = build_net("mlp", hidden=hidden, activation=activation, dropout=dropout)
+    logits = net(torch.randn(7, 1, 28, 28))
+    assert logits.shape == (7, 10)
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [*hidden, 10]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in net) == (len(hidden) if dropout else 0)
+
+
+def test_module_returns_logits_and_probabilities():
+    model = DigitClassifier(net={"name": "mlp", "hidden": [32]})
+    x = torch.randn(5, 1, 28, 28)
+    probs = model.predict_step(x, 0)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(5))
+    assert torch.allclose(probs, model(x).softmax(-1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"name": "mlp", "activation": "gelu"}, "Unknown activation 'gelu'"),
+        ({"name": "mlp", "hidden": [0]}, "positive layer sizes"),
+        ({"name": "resnet"}, "Unknown net 'resnet'"),
+    ],
+)
+def test_bad_net_config_is_named(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        build_net(**kwargs)
+
+
+def test_bad_optimizer_is_named():
+    with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'"):
+        DigitClassifier(net={"name": "mlp"}, optimizer="rmsprop")

@@ -1,0 +1,105 @@
+"""Real training on real MNIST: accuracy, checkpoints, TensorBoard events, DDP on CPU."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.util.tensor_util import make_ndarray
+
+from hdr.module import DigitClassifier
+from hdr.train import train
+from tests.conftest import DATA_DIR, ROOT, shrunk_cfg
+
+# A few hundred steps of the seed MLP at a small batch: enough for >90% in seconds.
+SHORT_RUN = [
+    "data.batch_size=128",
+    "model.lr=0.001",
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=150",
+]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    metrics, objects = train(shrunk_cfg(out, SHORT_RUN))
+    return out, metrics, objects
+
+
+@pytest.mark.slow
+def test_short_run_learns(short_run):
+    _, metrics, objects = short_run
+    assert objects["trainer"].global_step == 300
+    assert metrics["val/acc"] >= 0.90 and metrics["val/acc_best"] >= metrics["val/acc"]
+    assert metrics["test/acc"] >= 0.90
+
+
+@pytest.mark.slow
+def test_checkpoint_alone_rebuilds_the_model(short_run):
+    out, _, objects = short_run
+    best = objects["trainer"].checkpoint_callback.best_model_path
+    assert (
+        best.startswith(str(out / "checkpoints")) and (out / "checkpoints" / "last.ckpt").exists()
+    )
+    # weights_only=True: the checkpoint holds primitives and tensors, no pickled code.
+    loaded = DigitClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    x = objects["datamodule"].splits["val"].images[:500]
+    model = objects["model"].eval()  # trainer.test loaded the best weights into it
+    with torch.inference_mode():
+        assert torch.equal(loaded.eval()(x), model(x))
+    assert loaded.hparams.net == {
+        "name": "mlp",
+        "hidden": [1400],
+        "activation": "relu",
+        "dropout": 0.0,
+    }
+
+
+@pytest.mark.slow
+def test_event_files_hold_curves_hparams_and_confusion_images(short_run):
+    out, _, _ = short_run
+    scalars, images, plugins = {}, {}, set()
+    for path in sorted((out / "tensorboard").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                plugins.add(plugin)
+                if plugin == "scalars":
+                    scalars.setdefault(value.tag, []).append(make_ndarray(value.tensor).item())
+                elif plugin == "images":
+                    width, height, png = value.tensor.string_val  # the loader's tensor form
+                    images[value.tag] = (int(width), int(height), png)
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"):
+        assert len(scalars[tag]) == 2, tag  # once per epoch, not per batch
+    assert len(scalars["test/acc"]) == 1
+    assert "hparams" in plugins and "hp/test_acc" in scalars
+    for tag in ("val/confusion_matrix", "test/confusion_matrix"):
+        width, height, png = images[tag]
+        assert png.startswith(b"\x89PNG") and width > 200 and height > 200
+    for png in ("accuracy.png", "confusion_matrix.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_fast_dev_run_goes_through_every_stage(make_cfg):
+    metrics, objects = train(make_cfg(["debug=fdr"]))
+    assert objects["trainer"].global_step == 1
+    assert {"train/acc", "val/acc", "test/acc"} <= metrics.keys()
+
+
+@pytest.mark.slow
+def test_ddp_sim_trains_with_two_cpu_processes(tmp_path):
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable, "-m", "hdr.train", "trainer=ddp_sim", "+trainer.max_steps=4",
+        "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "data.batch_size=64",
+        "+trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert "Test accuracy" in log
