@@ -2,7 +2,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HDR_DATA_DIR ?= $(abspath ../shared/data)
+# MNIST: a read-only copy beside the checkout if there is one, else data/ (downloaded on first use).
+HDR_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(abspath data))
 export HDR_DATA_DIR
 
 .PHONY: install train test lint clean
@@ -15,14 +16,14 @@ $(BIN)/hdr-train: pyproject.toml constraints.txt
 
 install: $(BIN)/hdr-train
 
-train: install  ## the seed's MLP, 100 epochs, on real MNIST
-	$(BIN)/python -m hdr.train experiment=seed
+train: install  ## the seed's MLP, 100 epochs, on real MNIST; ARGS adds Hydra overrides
+	$(BIN)/python -m hdr.train experiment=seed $(ARGS)
 
-test: install
-	$(BIN)/python -m pytest
+test: install  ## every test, slow ones included; add ARGS='-m "not slow"' for the quick loop
+	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) outputs/*
+	rm -rf $(VENV) .pytest_cache .ruff_cache  # outputs/ (your runs) is kept

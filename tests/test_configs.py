@@ -1,5 +1,9 @@
 """Every option of every config group composes with the root config and builds its objects."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hydra.utils import instantiate
 
@@ -40,3 +44,15 @@ def test_unknown_option_fails_naming_it(make_cfg):
     with pytest.raises(Exception, match="Could not find 'model/transformer'") as err:
         make_cfg(["model=transformer"])
     assert "Available options in 'model'" in str(err.value) and "mlp" in str(err.value)
+
+
+def test_console_script_finds_the_config_from_anywhere(tmp_path):
+    script = Path(sys.executable).with_name("hdr-train")
+    run = subprocess.run(
+        [str(script), "--cfg", "job", "experiment=seed"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "max_epochs: 100" in run.stdout

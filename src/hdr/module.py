@@ -33,9 +33,9 @@ class DigitClassifier(L.LightningModule):
                 f"Unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}."
             )
         self.net = build_net(**net, num_classes=num_classes)
-        self.train_acc = MulticlassAccuracy(num_classes)
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_cm = MulticlassConfusionMatrix(num_classes)
         self.test_cm = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
@@ -48,6 +48,12 @@ class DigitClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        if stage == "train" and not torch.isfinite(loss):
+            # Training on from here would only produce garbage and a misleading checkpoint.
+            raise FloatingPointError(
+                f"Training diverged: loss is {loss.item()} at epoch {self.current_epoch}, "
+                f"step {self.global_step} (lr={self.hparams.lr}). Lower model.lr."
+            )
         acc = getattr(self, f"{stage}_acc")
         acc(logits, y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True)

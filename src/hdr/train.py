@@ -1,16 +1,23 @@
 """Entry point: `python -m hdr.train [overrides]` builds everything from `conf/` and trains."""
 
 import logging
+import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from hdr.plots import accuracy_figure, confusion_matrix_figure, read_scalars
+from hdr.sweep import write_result
 from hdr.utils import instantiate_group
 
 log = logging.getLogger(__name__)
@@ -20,6 +27,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit on train/val, test the best checkpoint, write reports; return metrics and objects."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    set_threads(cfg.get("torch_threads"))
+    start = time.perf_counter()
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data)
@@ -43,6 +52,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     if trainer.is_global_zero:
         report(cfg, model, loggers, metrics)
+        ckpt = trainer.checkpoint_callback
+        write_result(
+            cfg.paths.output_dir,
+            status="ok",
+            val_acc=metrics.get("val/acc_best"),
+            test_acc=metrics.get("test/acc"),
+            epochs=trainer.current_epoch,
+            seconds=round(time.perf_counter() - start, 1),
+            checkpoint=str(Path(ckpt.best_model_path).resolve())
+            if ckpt and ckpt.best_model_path
+            else "",
+        )
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 
@@ -77,6 +98,18 @@ def report(cfg: DictConfig, model: L.LightningModule, loggers: list, metrics: di
     log.info("TensorBoard: tensorboard --logdir %s", out)
 
 
+def set_threads(setting: int | str | None) -> None:
+    """Torch threads per run; "auto" splits the cores between parallel joblib jobs."""
+    if setting is None or setting == "auto":
+        n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
+        if not n_jobs:
+            return
+        cores = os.cpu_count() or 1
+        setting = max(1, cores // (cores if n_jobs < 0 else n_jobs))  # joblib: -1 = every core
+    torch.set_num_threads(int(setting))
+    log.info("torch threads: %d", torch.get_num_threads())
+
+
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     """What the HPARAMS tab compares runs by: model and data settings, epochs, seed."""
     keep = {
@@ -91,9 +124,21 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+# conf/ sits at the top of the checkout (an editable install), not inside the package.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
+    try:
+        metrics, _ = train(cfg)
+    except Exception as e:
+        write_result(cfg.paths.output_dir, status="failed", error=f"{type(e).__name__}: {e}")
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # In a sweep one failed run must not stop or hide the others: record it, go on.
+        log.error("Run failed, the sweep goes on: %s: %s", type(e).__name__, e)
+        return math.nan  # a sweeper reads NaN as a failed trial
     return metrics.get(cfg.get("optimized_metric"))  # what a sweeper maximises
 
 
