@@ -44,3 +44,13 @@ def test_bad_net_config_is_named(kwargs, words):
 def test_bad_optimizer_is_named():
     with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'"):
         DigitClassifier(net={"name": "mlp"}, optimizer="rmsprop")
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_module_standardizes_inputs_only_when_asked(standardize):
+    from hdr.data import MNIST_MEAN, MNIST_STD
+
+    model = DigitClassifier(net={"name": "mlp", "hidden": [16]}, standardize=standardize)
+    x = torch.rand(4, 1, 28, 28)
+    expected = model.net((x - MNIST_MEAN) / MNIST_STD if standardize else x)
+    assert torch.equal(model(x), expected)

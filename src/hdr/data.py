@@ -11,7 +11,7 @@ from torchvision.datasets import MNIST
 
 log = logging.getLogger(__name__)
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # over the 60k training images; the app uses them too
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the 60k training images, in [0, 1]
 
 # SHA-256 of the four decompressed IDX files as published (torchvision checks only the .gz md5s).
 RAW_SHA256 = {
@@ -50,9 +50,9 @@ def verify_raw_files(root: str | Path) -> None:
             )
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28], standardised as in training."""
-    return ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] in [0, 1]; the model standardises, if asked."""
+    return (images.float() / 255.0).unsqueeze(1)
 
 
 class TensorImages(Dataset):
@@ -117,7 +117,7 @@ class MNISTDataModule(L.LightningDataModule):
             self.prepare_data()
         train = MNIST(self.data_dir, train=True, download=False)
         test = MNIST(self.data_dir, train=False, download=False)
-        images, targets = normalize(train.data), train.targets
+        images, targets = to_float(train.data), train.targets
         # A generator of its own keeps the split the same whatever the global seed is.
         perm = torch.randperm(
             len(targets), generator=torch.Generator().manual_seed(self.hparams.split_seed)
@@ -126,7 +126,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.splits = {
             "train": TensorImages(images[train_idx], targets[train_idx]),
             "val": TensorImages(images[val_idx], targets[val_idx]),
-            "test": TensorImages(normalize(test.data), test.targets),
+            "test": TensorImages(to_float(test.data), test.targets),
         }
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:

@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from hdr.data import MNIST_MEAN, MNIST_STD
 from hdr.models import build_net
 from hdr.plots import confusion_matrix_figure
 
@@ -24,6 +25,7 @@ class DigitClassifier(L.LightningModule):
         optimizer: str = "adam",
         lr: float = 0.01,
         weight_decay: float = 0.0,
+        standardize: bool = True,
         num_classes: int = 10,
     ) -> None:
         super().__init__()
@@ -42,6 +44,11 @@ class DigitClassifier(L.LightningModule):
         self.confusion: dict[str, torch.Tensor] = {}  # last computed matrix per stage, for reports
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, 1, 28, 28] pixels in [0, 1], white digit on black, as MNIST."""
+        # Standardising here, not in the data, keeps the choice in the checkpoint: whoever
+        # loads it (the app too) feeds plain [0, 1] pixels.
+        if self.hparams.standardize:
+            x = (x - MNIST_MEAN) / MNIST_STD
         return self.net(x)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
