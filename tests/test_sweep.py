@@ -41,17 +41,17 @@ def test_launchers_compose(launcher):
         assert "SlurmLauncher" in cfg.hydra.launcher._target_
 
 
-def sweep(tmp_path, *overrides: str) -> tuple[list[dict], str]:
+def sweep(tmp_path, *overrides: str, study: str = "lr") -> tuple[list[dict], str]:
     """Run a real multirun in a subprocess; return its leaderboard rows and its log."""
     env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
     cmd = [
-        sys.executable, "-m", "hdr.train", "hparams_search=lr", *TINY, *overrides,
+        sys.executable, "-m", "hdr.train", f"hparams_search={study}", *TINY, *overrides,
         f"paths.log_dir={tmp_path}", "+trainer.enable_progress_bar=false",
     ]  # fmt: skip
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
-    (board,) = (tmp_path / "sweep_lr" / "multiruns").glob("*/leaderboard.csv")
+    (board,) = (tmp_path / f"sweep_{study}" / "multiruns").glob("*/leaderboard.csv")
     with open(board) as f:
         return list(csv.DictReader(f)), log
 
@@ -102,3 +102,12 @@ def test_rebuilding_the_leaderboard_by_hand_names_a_bad_folder(tmp_path):
         [sys.executable, "-m", "hdr.sweep", str(tmp_path)], capture_output=True, text=True
     )
     assert run.returncode != 0 and f"No runs in {tmp_path}" in run.stderr
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_trials_and_ranks_them(tmp_path):
+    rows, log = sweep(tmp_path, "hydra.sweeper.n_trials=3", study="optuna")
+    assert "Study name: hdr_mlp" in log and "Best value:" in log
+    assert len(rows) == 3 and all(r["status"] in ("ok", "failed") for r in rows)
+    ok = [float(r["val_acc"]) for r in rows if r["status"] == "ok"]
+    assert ok == sorted(ok, reverse=True)

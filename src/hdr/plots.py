@@ -59,16 +59,20 @@ def accuracy_figure(
 
 
 def study_figure(curves: Mapping[str, Sequence[float]], key: str) -> Figure:
-    """A one-variable study: validation accuracy per epoch, one curve per value of `key`."""
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
+    """A one-variable study: validation accuracy per epoch, one curve per value of `key`;
+    the whole range on the left, the best few points zoomed on the right."""
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for value, accs in curves.items():
-        ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], marker=".", label=value)
-    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"validation accuracy by {key}")
+        for ax in (full, zoom):
+            ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], marker=".", label=value)
     finite = [100 * a for accs in curves.values() for a in accs if a == a]  # drop NaN
-    if finite:  # diverged runs sit near 10%; zoom on the runs that learn
+    if finite:
         top = max(finite)
-        ax.set_ylim(max(min(finite), top - 10) - 0.5, min(100, top + 0.5))
-    ax.grid(alpha=0.3)
-    ax.legend(title=key, fontsize=8)
+        zoom.set_ylim(top - 3, min(100, top + 0.3))
+    full.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"by {key}")
+    zoom.set(xlabel="epoch", title="zoomed on the best")
+    for ax in (full, zoom):
+        ax.grid(alpha=0.3)
+    full.legend(title=key, fontsize=8)
     fig.tight_layout()
     return fig
