@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HDR_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(abspath data))
 export HDR_DATA_DIR
 
-.PHONY: install train test lint clean
+.PHONY: install train app test lint clean
 
 $(BIN)/hdr-train: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(BIN)/hdr-train
 
 train: install  ## the seed's MLP, 100 epochs, on real MNIST; ARGS adds Hydra overrides
 	$(BIN)/python -m hdr.train experiment=seed $(ARGS)
+
+app: install  ## the sketchpad on http://127.0.0.1:7860 with the best recorded model; ARGS: --checkpoint, --port
+	$(BIN)/python app/app.py $(ARGS)
 
 test: install  ## every test, slow ones included; add ARGS='-m "not slow"' for the quick loop
 	$(BIN)/python -m pytest $(ARGS)

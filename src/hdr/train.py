@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from hdr.plots import accuracy_figure, confusion_matrix_figure, read_scalars
-from hdr.sweep import write_result
+from hdr.sweep import record_best, write_result
 from hdr.utils import instantiate_group
 
 log = logging.getLogger(__name__)
@@ -50,21 +50,27 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
+    ckpt = trainer.checkpoint_callback
+    result = {
+        "status": "ok",
+        "val_acc": metrics.get("val/acc_best"),
+        "test_acc": metrics.get("test/acc"),
+        "epochs": trainer.current_epoch,
+        "seconds": round(time.perf_counter() - start, 1),
+        "checkpoint": str(Path(ckpt.best_model_path).resolve())
+        if ckpt and ckpt.best_model_path
+        else "",
+    }
     if trainer.is_global_zero:
         report(cfg, model, loggers, metrics)
-        ckpt = trainer.checkpoint_callback
-        write_result(
-            cfg.paths.output_dir,
-            status="ok",
-            val_acc=metrics.get("val/acc_best"),
-            test_acc=metrics.get("test/acc"),
-            epochs=trainer.current_epoch,
-            seconds=round(time.perf_counter() - start, 1),
-            checkpoint=str(Path(ckpt.best_model_path).resolve())
-            if ckpt and ckpt.best_model_path
-            else "",
-        )
-    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+        write_result(cfg.paths.output_dir, **result)
+    return metrics, {
+        "result": result,
+        "cfg": cfg,
+        "datamodule": datamodule,
+        "model": model,
+        "trainer": trainer,
+    }
 
 
 def report(cfg: DictConfig, model: L.LightningModule, loggers: list, metrics: dict) -> None:
@@ -131,7 +137,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        metrics, _ = train(cfg)
+        metrics, objects = train(cfg)
     except Exception as e:
         write_result(cfg.paths.output_dir, status="failed", error=f"{type(e).__name__}: {e}")
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -139,6 +145,12 @@ def main(cfg: DictConfig) -> float | None:
         # In a sweep one failed run must not stop or hide the others: record it, go on.
         log.error("Run failed, the sweep goes on: %s: %s", type(e).__name__, e)
         return math.nan  # a sweeper reads NaN as a failed trial
+    if HydraConfig.get().mode == RunMode.RUN and objects["trainer"].is_global_zero:
+        # A sweep records its best when it ends; a single run competes on its own.
+        overrides = " ".join(HydraConfig.get().overrides.task)
+        row = {**objects["result"], "overrides": overrides, "dir": cfg.paths.output_dir}
+        if row["checkpoint"] and row["val_acc"] is not None:
+            record_best([row], Path(cfg.paths.log_dir) / "best.json")
     return metrics.get(cfg.get("optimized_metric"))  # what a sweeper maximises
 
 

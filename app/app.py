@@ -1,0 +1,110 @@
+"""Draw a digit, see what the model thinks: `python app/app.py [--checkpoint PATH]`."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+
+from hdr.module import DigitClassifier
+from hdr.preprocess import BlankDrawing, to_mnist
+
+BEST_RECORD = Path("outputs/best.json")  # written by every sweep (hdr.sweep)
+# Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
+# brush for the user, on load and after Clear, so drawing works at once.
+PICK_BRUSH = (
+    "() => setTimeout(() => document.querySelector('button[aria-label=Brush]')?.click(), 300)"
+)
+HOW_TO_TRAIN = "make train, or a sweep: python -m hdr.train hparams_search=lr"
+
+
+def load_model(checkpoint: str | Path | None = None) -> tuple[DigitClassifier, str]:
+    """The given checkpoint, else the best recorded one; also a line describing it."""
+    if checkpoint is None:
+        if not BEST_RECORD.exists():
+            raise FileNotFoundError(
+                f"No model yet: {BEST_RECORD} does not exist. Train one ({HOW_TO_TRAIN}) "
+                "or pass --checkpoint PATH."
+            )
+        checkpoint = json.loads(BEST_RECORD.read_text())["checkpoint"]
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}. Train one ({HOW_TO_TRAIN}).")
+    try:  # weights_only: a checkpoint is data, never code to run
+        model = DigitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"Cannot load {path}: it is damaged or not a checkpoint written by hdr.train "
+            f"({type(e).__name__}: {str(e)[:200]})."
+        ) from e
+    result = path.parent.parent / "result.json"  # the run's own record, if it has one
+    test_acc = json.loads(result.read_text()).get("test_acc") if result.exists() else None
+    net = model.hparams.net
+    about = f"{net['name'].upper()} {net.get('hidden', '')}, `{path}`"
+    if test_acc is not None:
+        about += f", test accuracy {100 * test_acc:.2f}%"
+    return model.eval(), about
+
+
+def make_predict(model: DigitClassifier):
+    def predict(
+        image: dict | np.ndarray | None,
+    ) -> tuple[dict[str, float] | str, np.ndarray | None]:
+        """Top classes with probabilities, and the 28x28 image the model saw."""
+        try:
+            x = to_mnist(image) if image is not None else None
+        except BlankDrawing:
+            x = None
+        if x is None:
+            return "Draw a digit", None
+        with torch.inference_mode():
+            probs = model(x)[0].softmax(-1)
+        # Blown up 6x, pixel for pixel, so the 28x28 input is visible on the page.
+        preview = np.kron(255 * x[0, 0].numpy(), np.ones((6, 6))).astype(np.uint8)
+        return {str(d): float(p) for d, p in enumerate(probs)}, preview
+
+    return predict
+
+
+def build(model: DigitClassifier, about: str) -> gr.Blocks:
+    predict = make_predict(model)
+    with gr.Blocks(title="hdr: draw a digit") as demo:
+        gr.Markdown(f"## Draw a digit\nModel: {about}")
+        with gr.Row():
+            pad = gr.Sketchpad(
+                type="numpy",
+                canvas_size=(400, 400),
+                brush=gr.Brush(default_size=24, colors=["#000000"], color_mode="fixed"),
+                label="your digit",
+            )
+            with gr.Column():
+                label = gr.Label(num_top_classes=3, label="prediction")
+                seen = gr.Image(label="what the model sees (28x28)", height=168, format="png")
+        with gr.Row():
+            clear = gr.ClearButton([pad, label, seen], value="Clear")
+            submit = gr.Button("Submit", variant="primary")
+        submit.click(predict, pad, [label, seen], api_name="predict")
+        pad.change(predict, pad, [label, seen], api_name=False, show_progress="hidden")
+        clear.click(None, js=PICK_BRUSH)
+        demo.load(None, js=PICK_BRUSH)
+    return demo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", help=f"a .ckpt; default: the one in {BEST_RECORD}")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve your network")
+    parser.add_argument("--port", type=int, default=7860)
+    args = parser.parse_args()
+    try:
+        model, about = load_model(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(str(e))
+    build(model, about).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

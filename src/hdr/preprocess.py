@@ -1,0 +1,89 @@
+"""Any drawing or picture of a digit -> the 28x28 image MNIST would have made of it.
+
+MNIST's digits were size-normalised to fit a 20x20 box (keeping their aspect ratio) and then
+centred in 28x28 by their centre of mass. Doing the same to a sketch is what lets a model
+trained on MNIST read it, whatever the canvas size and wherever the digit was drawn.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BOX = 20  # the longer side of the digit after scaling, as in MNIST
+SIZE = 28
+MIN_INK = 0.2  # a pixel darker than this (0 = paper, 1 = full ink) counts as drawn
+
+
+class BlankDrawing(ValueError):
+    """Nothing (or too little) was drawn to read a digit from."""
+
+
+def ink(image: Any) -> np.ndarray:
+    """A sketch or picture -> float [H, W] in [0, 1], 1 where there is ink.
+
+    Takes a Gradio Sketchpad value (a dict with "composite"), or an array that is greyscale
+    [H, W], RGB or RGBA [H, W, 3|4], of any integer or float type. Transparent pixels count
+    as paper. Dark ink on light paper and light ink on dark paper both work: the paper is
+    whatever colour the border mostly is.
+    """
+    if isinstance(image, dict):
+        image = image.get("composite")
+        if image is None:
+            raise BlankDrawing("Draw a digit")
+    a = np.asarray(image)
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4)):
+        raise ValueError(f"Expected a greyscale, RGB or RGBA image, got an array of {a.shape}.")
+    if a.size == 0:
+        raise BlankDrawing("Draw a digit")
+    scale = 1.0 if a.dtype.kind == "f" else float(np.iinfo(a.dtype).max)
+    a = a.astype(np.float32) / scale
+    if a.ndim == 2:
+        grey, alpha = a, None
+    else:
+        channels = a.shape[2]
+        colour = a[..., : 3 if channels >= 3 else 1]
+        grey = (
+            colour @ np.array([0.299, 0.587, 0.114], np.float32)
+            if channels >= 3
+            else colour[..., 0]
+        )
+        alpha = a[..., -1] if channels in (2, 4) else None
+    if alpha is not None and alpha.min() < 1:
+        # A sketchpad: strokes on a transparent layer, whatever their colour; alpha is the ink.
+        return alpha
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    return 1 - grey if np.median(border) > 0.5 else grey
+
+
+def to_mnist(image: Any) -> torch.Tensor:
+    """A sketch or picture -> float [1, 1, 28, 28] in [0, 1], white digit on black, centred.
+
+    Raises BlankDrawing when there is no digit to read (an empty canvas, a single dot).
+    """
+    x = ink(image)
+    rows, cols = np.nonzero(x > MIN_INK)
+    # A dot or a speck is not a digit: ask for a drawing rather than guess.
+    if len(rows) == 0 or max(np.ptp(rows), np.ptp(cols)) + 1 < max(3, 0.05 * min(x.shape)):
+        raise BlankDrawing("Draw a digit")
+    x = x[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = x.shape
+    f = BOX / max(h, w)
+    new = (max(1, round(h * f)), max(1, round(w * f)))
+    t = torch.from_numpy(np.ascontiguousarray(x))[None, None]
+    # Area-averaging keeps thin strokes as grey instead of dropping them.
+    t = F.interpolate(t, size=new, mode="area" if f < 1 else "bilinear", align_corners=None)
+    digit = t[0, 0].clamp(0, 1)
+    # Centre by the centre of mass, as MNIST was made.
+    total = digit.sum()
+    ys, xs = torch.arange(new[0]), torch.arange(new[1])
+    cy = (digit.sum(1) * ys).sum() / total
+    cx = (digit.sum(0) * xs).sum() / total
+    top = int(round(SIZE / 2 - 0.5 - cy.item()))
+    left = int(round(SIZE / 2 - 0.5 - cx.item()))
+    top = min(max(top, 0), SIZE - new[0])  # keep the whole digit on the page
+    left = min(max(left, 0), SIZE - new[1])
+    out = torch.zeros(SIZE, SIZE)
+    out[top : top + new[0], left : left + new[1]] = digit
+    return out[None, None]

@@ -1,0 +1,118 @@
+"""MNIST-style preprocessing: any canvas, any position, any stroke -> the same 28x28 digit."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hdr.data import MNISTDataModule
+from hdr.module import DigitClassifier
+from hdr.preprocess import BlankDrawing, to_mnist
+from tests.conftest import DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def mnist() -> MNISTDataModule:
+    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
+    dm.setup()
+    return dm
+
+
+def redraw(digit: torch.Tensor, canvas: int, size: float, where: str, thick: bool) -> np.ndarray:
+    """An MNIST digit as a person might draw it: black strokes on a transparent RGBA canvas.
+
+    size: the height of the digit's 28x28 frame as a share of the canvas; where: "centre"
+    or "corner"; thick: a brush about a third wider than MNIST's pen.
+    """
+    strokes = (digit[0] > 0.4).float()[None, None]  # the pen's path, without MNIST's grey
+    big = F.interpolate(strokes, scale_factor=12, mode="nearest")  # 336 x 336
+    if thick:
+        big = F.max_pool2d(big, kernel_size=9, stride=1, padding=4)
+    side = round(canvas * size)  # the brush scales with the drawing, as on a real canvas
+    big = F.interpolate(big, size=(side, side), mode="area" if side < 336 else "bilinear")
+    big = big[0, 0].clamp(0, 1).numpy()
+    rgba = np.zeros((canvas, canvas, 4), np.uint8)
+    top = canvas // 20 if where == "corner" else (canvas - side) // 2
+    rgba[top : top + side, top : top + side, 3] = (255 * big).astype(np.uint8)
+    return rgba
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity after a 5x5 blur: a one-pixel shift of a thin stroke is not a miss."""
+    a, b = (F.avg_pool2d(t, 5, stride=1, padding=2) for t in (a, b))
+    return F.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
+@pytest.mark.parametrize("canvas", [100, 400, 800])
+@pytest.mark.parametrize("size, where", [(0.3, "corner"), (0.8, "centre")])
+@pytest.mark.parametrize("thick", [False, True])
+def test_redrawn_digits_become_the_same_image(mnist, canvas, size, where, thick):
+    test = mnist.splits["test"]
+    for i in range(20):
+        reference = to_mnist(redraw(test.images[i], 400, 0.8, "centre", thick))
+        drawn = to_mnist(redraw(test.images[i], canvas, size, where, thick))
+        assert drawn.shape == (1, 1, 28, 28)
+        # Canvas size and position change nothing but resampling noise...
+        assert similarity(drawn, reference) > (0.85 if thick else 0.9), (i, test.targets[i])
+        # ...and the result is still MNIST's own digit (strokes binarised, maybe thickened).
+        original = to_mnist(test.images[i, 0].numpy())
+        assert similarity(drawn, original) > (0.6 if thick else 0.7), (i, test.targets[i])
+
+
+def test_digit_is_centred_by_mass_and_fits_20_pixels(mnist):
+    drawn = to_mnist(redraw(mnist.splits["test"].images[0], 400, 0.3, "corner", False))[0, 0]
+    rows, cols = torch.nonzero(drawn > 0.2, as_tuple=True)
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 20
+    ys, xs = torch.arange(28.0), torch.arange(28.0)
+    cy = (drawn.sum(1) * ys).sum() / drawn.sum()
+    cx = (drawn.sum(0) * xs).sum() / drawn.sum()
+    assert abs(cy - 13.5) < 1 and abs(cx - 13.5) < 1
+
+
+def test_dark_on_light_and_light_on_dark_pictures_agree(mnist):
+    digit = redraw(mnist.splits["test"].images[3], 200, 0.6, "centre", False)[..., 3]
+    on_black = to_mnist(digit)  # greyscale, light ink on dark
+    on_paper = to_mnist(np.stack([255 - digit] * 3, axis=-1))  # RGB, dark ink on white
+    assert similarity(on_black, on_paper) > 0.99
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((800, 800, 4), np.uint8),  # an empty sketchpad
+        np.full((300, 300, 3), 255, np.uint8),  # white paper
+        np.zeros((300, 300), np.uint8),  # black paper
+        {"composite": None, "layers": [], "background": None},  # Gradio before any stroke
+    ],
+    ids=["transparent", "white", "black", "no-composite"],
+)
+def test_blank_canvas_asks_for_a_digit(image):
+    with pytest.raises(BlankDrawing, match="Draw a digit"):
+        to_mnist(image)
+
+
+def test_a_single_dot_is_not_a_digit():
+    canvas = np.zeros((400, 400, 4), np.uint8)
+    canvas[200:206, 200:206, 3] = 255
+    with pytest.raises(BlankDrawing):
+        to_mnist(canvas)
+
+
+def test_strange_arrays_get_a_clear_error():
+    with pytest.raises(ValueError, match="greyscale, RGB or RGBA"):
+        to_mnist(np.zeros((10, 10, 7), np.uint8))
+
+
+@pytest.mark.slow
+def test_trained_mlp_reads_redrawn_digits(mnist, trained_checkpoint):
+    model = DigitClassifier.load_from_checkpoint(trained_checkpoint, weights_only=True).eval()
+    test = mnist.splits["test"]
+    n = 300
+    # Large, thick, off-centre, on a transparent canvas: the hard case for a naive resize.
+    drawn = torch.cat(
+        [to_mnist(redraw(test.images[i], 400, 0.6, "corner", True)) for i in range(n)]
+    )
+    with torch.inference_mode():
+        clean = (model(test.images[:n]).argmax(1) == test.targets[:n]).float().mean().item()
+        acc = (model(drawn).argmax(1) == test.targets[:n]).float().mean().item()
+    assert acc >= 0.97, f"re-drawn {acc:.3f} vs the same digits as MNIST has them {clean:.3f}"
