@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from hdr.module import DigitClassifier
-from hdr.preprocess import BlankDrawing, to_mnist
+from hdr.preprocess import to_mnist
 
 BEST_RECORD = Path("outputs/best.json")  # written by every sweep (hdr.sweep)
 # Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
@@ -54,12 +54,12 @@ def make_predict(model: DigitClassifier):
         image: dict | np.ndarray | None,
     ) -> tuple[dict[str, float] | str, np.ndarray | None]:
         """Top classes with probabilities, and the 28x28 image the model saw."""
-        try:
-            x = to_mnist(image) if image is not None else None
-        except BlankDrawing:
-            x = None
-        if x is None:
+        if image is None:
             return "Draw a digit", None
+        try:
+            x = to_mnist(image)
+        except ValueError as e:  # BlankDrawing says "Draw a digit"; others name the problem
+            return str(e), None
         with torch.inference_mode():
             probs = model(x)[0].softmax(-1)
         # Blown up 6x, pixel for pixel, so the 28x28 input is visible on the page.
