@@ -35,7 +35,40 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-NETS = {"mlp": MLP}
+class CNN(nn.Sequential):
+    """Conv blocks (conv -> [batch norm] -> ReLU -> 2x2 max-pool), then a small classifier."""
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64, 128),
+        kernel_size: int = 3,
+        hidden: int = 128,
+        dropout: float = 0.3,
+        batch_norm: bool = True,
+        num_classes: int = 10,
+    ) -> None:
+        if not channels or any(int(c) < 1 for c in channels):
+            raise ValueError(f"channels must list positive sizes, got {channels!r}.")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}.")
+        layers: list[nn.Module] = []
+        side, c_in = 28, 1
+        for c in map(int, channels):
+            # padding keeps the size through the conv; the pool halves it (rounding down).
+            layers += [
+                nn.Conv2d(c_in, c, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
+            ]
+            layers += [nn.BatchNorm2d(c)] if batch_norm else []
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            side, c_in = side // 2, c
+        if side < 1:
+            raise ValueError(f"{len(channels)} blocks halve 28 pixels to nothing: use at most 4.")
+        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * side * side, hidden)]
+        layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+        super().__init__(*layers)
+
+
+NETS = {"mlp": MLP, "cnn": CNN}
 
 
 def build_net(name: str, **kwargs) -> nn.Module:

@@ -7,13 +7,19 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MaxMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
+)
 
+from hdr.augment import random_affine
 from hdr.data import MNIST_MEAN, MNIST_STD
 from hdr.models import build_net
 from hdr.plots import confusion_matrix_figure
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+SCHEDULERS = ("none", "onecycle", "cosine")  # stepped every batch; lr is the peak
 
 
 class DigitClassifier(L.LightningModule):
@@ -25,6 +31,9 @@ class DigitClassifier(L.LightningModule):
         optimizer: str = "adam",
         lr: float = 0.01,
         weight_decay: float = 0.0,
+        scheduler: str = "none",
+        label_smoothing: float = 0.0,
+        augment: dict[str, Any] | None = None,
         standardize: bool = True,
         num_classes: int = 10,
     ) -> None:
@@ -34,13 +43,19 @@ class DigitClassifier(L.LightningModule):
             raise ValueError(
                 f"Unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}."
             )
+        if scheduler not in SCHEDULERS:
+            raise ValueError(
+                f"Unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}."
+            )
         self.net = build_net(**net, num_classes=num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_cm = MulticlassConfusionMatrix(num_classes)
         self.test_cm = MulticlassConfusionMatrix(num_classes)
+        self.test_ece = MulticlassCalibrationError(num_classes, n_bins=15)
         self.val_acc_best = MaxMetric()
+        self.wrong: list[tuple[torch.Tensor, ...]] = []  # test mistakes: confidence, x, y, pred
         self.confusion: dict[str, torch.Tensor] = {}  # last computed matrix per stage, for reports
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,8 +68,11 @@ class DigitClassifier(L.LightningModule):
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
+        if stage == "train" and self.hparams.augment:
+            x = random_affine(x, **self.hparams.augment)
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         if stage == "train" and not torch.isfinite(loss):
             # Training on from here would only produce garbage and a misleading checkpoint.
             raise FloatingPointError(
@@ -67,6 +85,12 @@ class DigitClassifier(L.LightningModule):
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         if stage != "train":
             getattr(self, f"{stage}_cm").update(logits, y)
+        if stage == "test":
+            probs = logits.softmax(-1)
+            self.test_ece.update(probs, y)
+            conf, pred = probs.max(-1)
+            miss = pred != y
+            self.wrong.append((conf[miss], x[miss], y[miss], pred[miss]))
         return loss
 
     def training_step(
@@ -96,8 +120,26 @@ class DigitClassifier(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
         self._log_figure("val", matrix)
 
+    def on_test_start(self) -> None:
+        self.wrong = []
+
     def on_test_epoch_end(self) -> None:
-        self._log_figure("test", self._end_confusion("test"))
+        matrix = self._end_confusion("test")
+        self._log_figure("test", matrix)
+        self.log("test/ece", self.test_ece)
+        # Per-class precision and recall come straight from the confusion matrix.
+        hits = matrix.diag().float()
+        for d, (p, r) in enumerate(
+            zip(hits / matrix.sum(0).clamp(min=1), hits / matrix.sum(1).clamp(min=1), strict=True)
+        ):
+            self.log(f"test/precision_{d}", p)
+            self.log(f"test/recall_{d}", r)
+
+    def most_confident_mistakes(self, k: int = 20) -> tuple[torch.Tensor, ...]:
+        """The k test mistakes made with the highest confidence: (conf, x, y, pred)."""
+        conf, x, y, pred = (torch.cat(parts) for parts in zip(*self.wrong, strict=True))
+        top = conf.argsort(descending=True)[:k]
+        return conf[top], x[top], y[top], pred[top]
 
     def _end_confusion(self, stage: str) -> torch.Tensor:
         metric = getattr(self, f"{stage}_cm")
@@ -113,6 +155,14 @@ class DigitClassifier(L.LightningModule):
                 fig = confusion_matrix_figure(matrix, title)
                 logger.experiment.add_figure(f"{stage}/confusion_matrix", fig, self.current_epoch)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        opt = OPTIMIZERS[self.hparams.optimizer]
-        return opt(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = OPTIMIZERS[hp.optimizer](self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return opt
+        steps = self.trainer.estimated_stepping_batches
+        if hp.scheduler == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

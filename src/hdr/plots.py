@@ -76,3 +76,21 @@ def study_figure(curves: Mapping[str, Sequence[float]], key: str) -> Figure:
     full.legend(title=key, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def mistakes_figure(
+    conf: torch.Tensor, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor
+) -> Figure:
+    """A grid of misread test digits, most confident first: 'true -> predicted (confidence)'."""
+    n = len(conf)
+    cols = 5
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), dpi=100, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(x[i, 0].cpu(), cmap="gray")
+            ax.set_title(f"{y[i]} → {pred[i]} ({100 * conf[i]:.0f}%)", fontsize=8)
+    fig.suptitle("most confident test mistakes: true → predicted", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from hdr.plots import accuracy_figure, confusion_matrix_figure, read_scalars
+from hdr.plots import accuracy_figure, confusion_matrix_figure, mistakes_figure, read_scalars
 from hdr.sweep import record_best, write_result
 from hdr.utils import instantiate_group
 
@@ -96,10 +96,19 @@ def report(cfg: DictConfig, model: L.LightningModule, loggers: list, metrics: di
         confusion_matrix_figure(model.confusion["test"], "test confusion matrix").savefig(
             out / "confusion_matrix.png"
         )
+    if getattr(model, "wrong", None):
+        fig = mistakes_figure(*model.most_confident_mistakes(20))
+        fig.savefig(out / "mistakes.png")
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("test/most_confident_mistakes", fig)
+                logger.experiment.flush()
     if "test/acc" in metrics:
         log.info("Test accuracy: %.2f%%", 100 * metrics["test/acc"])
     if "val/acc_best" in metrics:
         log.info("Best validation accuracy: %.2f%%", 100 * metrics["val/acc_best"])
+    if "test/ece" in metrics:
+        log.info("Expected calibration error (test): %.4f", metrics["test/ece"])
     log.info("Outputs (checkpoints, plots, logs): %s", out)
     log.info("TensorBoard: tensorboard --logdir %s", out)
 

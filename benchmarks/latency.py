@@ -1,0 +1,48 @@
+"""Single-drawing latency: preprocessing + model, as the app runs it, p50 and p99.
+
+    .venv/bin/python benchmarks/latency.py CHECKPOINT [CHECKPOINT ...] [--calls 1000]
+
+The drawing is an MNIST test digit re-drawn with thick strokes on a 400x400 RGBA canvas, the
+app's canvas size. Prints one line per checkpoint: parameters, p50 and p99 in milliseconds.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hdr.data import MNISTDataModule
+from hdr.module import DigitClassifier
+from hdr.preprocess import to_mnist
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("checkpoints", nargs="+")
+parser.add_argument("--calls", type=int, default=1000)
+parser.add_argument("--data-dir", default=os.environ.get("HDR_DATA_DIR", "data"))
+args = parser.parse_args()
+
+dm = MNISTDataModule(data_dir=args.data_dir, download=False)
+dm.setup()
+digit = (dm.splits["test"].images[0] > 0.4).float()[None]  # [1, 1, 28, 28]
+big = F.max_pool2d(F.interpolate(digit, size=(300, 300)), 9, stride=1, padding=4)
+canvas = np.zeros((400, 400, 4), np.uint8)
+canvas[50:350, 50:350, 3] = (255 * big[0, 0].numpy()).astype(np.uint8)
+
+for path in args.checkpoints:
+    model = DigitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    times = []
+    with torch.inference_mode():
+        for i in range(args.calls + 20):
+            start = time.perf_counter()
+            model(to_mnist(canvas)).softmax(-1)
+            if i >= 20:  # warm-up calls are not counted
+                times.append(1000 * (time.perf_counter() - start))
+    q = statistics.quantiles(times, n=100)
+    name = model.hparams.net["name"]
+    print(f"{name}: {params:,} parameters, p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms ({path})")

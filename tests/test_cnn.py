@@ -1,0 +1,113 @@
+"""The CNN and the stronger training options: shapes, a real short run, augmentation."""
+
+import lightning as L
+import pytest
+import torch
+
+from hdr.augment import random_affine
+from hdr.data import MNISTDataModule
+from hdr.models import build_net
+from hdr.module import DigitClassifier
+from tests.conftest import DATA_DIR
+
+AUGMENT = {"rotate": 10, "scale": [0.9, 1.1], "shift": 2}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"channels": [8], "kernel_size": 5, "batch_norm": False},
+        {"channels": [4, 8, 16, 32], "hidden": 16, "dropout": 0.0},
+    ],
+)
+def test_cnn_shapes(kwargs):
+    net = build_net("cnn", **kwargs)
+    assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == kwargs.get("channels", [32, 64, 128])
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net) == kwargs.get("batch_norm", True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"kernel_size": 4}, "odd"),
+        ({"channels": [4] * 5}, "at most 4"),
+        ({"channels": []}, "positive"),
+    ],
+)
+def test_bad_cnn_config_is_named(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        build_net("cnn", **kwargs)
+
+
+def test_augmentation_moves_pixels_but_keeps_the_ink():
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 8:20, 12:16] = 1  # a bar, well inside the frame
+    y = random_affine(x, **AUGMENT)
+    assert y.shape == x.shape
+    assert (y - x).abs().sum() > 0  # it does something...
+    ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))  # ...but the digit stays on the page, whole
+    assert ratio.min() > 0.75 and ratio.max() < 1.3
+
+
+@pytest.fixture(scope="module")
+def cnn_run():
+    L.seed_everything(0)
+    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
+    model = DigitClassifier(
+        net={"name": "cnn", "channels": [16, 32]}, optimizer="adamw", lr=0.003,
+        scheduler="onecycle", augment=AUGMENT,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=150, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return model, dm, trainer
+
+
+@pytest.mark.slow
+def test_short_cnn_run_learns(cnn_run):
+    _, _, trainer = cnn_run
+    assert trainer.callback_metrics["val/acc"] > 0.95
+
+
+@pytest.mark.slow
+def test_augmentation_is_off_in_validation_and_test(cnn_run):
+    model, dm, trainer = cnn_run
+    model.eval()
+    val = dm.splits["val"]
+    with torch.inference_mode():
+        plain = (model(val.images).argmax(1) == val.targets).float().mean().item()
+    # Validation through the trainer twice gives the same score as the plain forward pass:
+    # no random affine slipped in.
+    first = trainer.validate(model, datamodule=dm, verbose=False)[0]["val/acc"]
+    second = trainer.validate(model, datamodule=dm, verbose=False)[0]["val/acc"]
+    assert first == second == pytest.approx(plain, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_augmented_digits_are_still_recognised(cnn_run):
+    model, dm, _ = cnn_run
+    test = dm.splits["test"]
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        plain = (model(test.images).argmax(1) == test.targets).float().mean().item()
+        moved = random_affine(test.images, **AUGMENT)
+        augmented = (model(moved).argmax(1) == test.targets).float().mean().item()
+    # A short-trained net loses a little on moved digits; broken augmentation would lose far more.
+    assert augmented > 0.94 and augmented > plain - 0.03
+
+
+@pytest.mark.slow
+def test_quality_report_after_test(cnn_run):
+    model, dm, trainer = cnn_run
+    metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert 0 <= metrics["test/ece"] < 0.1
+    assert all(0.8 < metrics[f"test/recall_{d}"] <= 1 for d in range(10))
+    assert all(0.8 < metrics[f"test/precision_{d}"] <= 1 for d in range(10))
+    conf, x, y, pred = model.most_confident_mistakes(20)
+    assert len(conf) == 20 and (y != pred).all() and (conf[:-1] >= conf[1:]).all()
+    assert x.shape == (20, 1, 28, 28)
