@@ -43,7 +43,8 @@ def load_model(checkpoint: str | Path | None = None) -> tuple[DigitClassifier, s
     result = path.parent.parent / "result.json"  # the run's own record, if it has one
     test_acc = json.loads(result.read_text()).get("test_acc") if result.exists() else None
     net = model.hparams.net
-    about = f"{net['name'].upper()} {net.get('hidden', '')}, `{path}`"
+    shape = net.get("channels") or net.get("hidden")  # conv channels, or hidden layer sizes
+    about = f"{net['name'].upper()} {shape}, `{path}`"
     if test_acc is not None:
         about += f", test accuracy {100 * test_acc:.2f}%"
     return model.eval(), about

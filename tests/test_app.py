@@ -124,3 +124,22 @@ def test_browser_draws_submits_and_clears(server):
         submit.click()  # what is left on the canvas after Clear: nothing to read
         expect(prediction).to_have_text("Draw a digit", timeout=30_000)
         browser.close()
+
+
+def test_the_app_serves_a_cnn_too(tmp_path, digits):
+    import lightning as L
+
+    from hdr.module import DigitClassifier
+
+    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
+    model = DigitClassifier(net={"name": "cnn", "channels": [8, 16]}, lr=0.003)
+    trainer = L.Trainer(
+        max_steps=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "cnn.ckpt")
+    loaded, about = load_model(tmp_path / "cnn.ckpt")
+    assert about.startswith("CNN [8, 16]")
+    label, _ = make_predict(loaded)(sketch(redraw(digits.images[1], 400, 0.6, "centre", False)))
+    assert max(label, key=label.get) == str(digits.targets[1].item())
