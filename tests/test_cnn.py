@@ -111,3 +111,21 @@ def test_quality_report_after_test(cnn_run):
     conf, x, y, pred = model.most_confident_mistakes(20)
     assert len(conf) == 20 and (y != pred).all() and (conf[:-1] >= conf[1:]).all()
     assert x.shape == (20, 1, 28, 28)
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_schedules_step_every_batch_and_end_low(scheduler):
+    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=256, download=False)
+    model = DigitClassifier(net={"name": "mlp", "hidden": [16]}, lr=0.01, scheduler=scheduler)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=20, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr < 0.001  # both anneal towards zero over the run's 20 steps
+
+
+def test_unknown_scheduler_is_named():
+    with pytest.raises(ValueError, match="Unknown scheduler 'step'"):
+        DigitClassifier(net={"name": "mlp"}, scheduler="step")
