@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.util.tensor_util import make_ndarray
 
 from hdr.module import DigitClassifier
+from hdr.plots import read_scalars
 from hdr.train import train
 from tests.conftest import DATA_DIR, ROOT, shrunk_cfg
 
@@ -108,3 +109,41 @@ def test_ddp_sim_trains_with_two_cpu_processes(tmp_path):
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert "Test accuracy" in log
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_last_ckpt_and_finishes(tmp_path):
+    import json
+    import signal
+    import time
+
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR)}
+    common = [
+        sys.executable, "-m", "hdr.train", "trainer.max_epochs=4", "data.batch_size=64",
+        "+trainer.limit_train_batches=150", "+trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    first = subprocess.Popen([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=ROOT, env=env)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    killed_at = None
+    while killed_at is None and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+        try:  # kill right after the first complete last.ckpt, long before the next one
+            killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+        except Exception:
+            continue
+    first.send_signal(signal.SIGKILL)  # as hard as a power cut: no clean-up runs
+    first.wait()
+    assert killed_at is not None and killed_at < 3
+    assert not (tmp_path / "a" / "result.json").exists()  # it really died part-way
+
+    cmd = [*common, f"hydra.run.dir={tmp_path / 'b'}", f"ckpt_path={last}"]  # the one override
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in run.stdout + run.stderr
+    result = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert result["status"] == "ok" and result["epochs"] == 4
+    end = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert end["global_step"] == 4 * 150
+    # Only the epochs after the kill were trained again.
+    assert len(read_scalars(tmp_path / "b" / "tensorboard")["val/acc"]) == 3 - killed_at
