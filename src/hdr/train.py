@@ -43,23 +43,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test"):
-        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not ckpt:
+        if not best:
             log.warning("No best checkpoint: testing the weights as they are now.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
-    ckpt = trainer.checkpoint_callback
     result = {
         "status": "ok",
         "val_acc": metrics.get("val/acc_best"),
         "test_acc": metrics.get("test/acc"),
         "epochs": trainer.current_epoch,
         "seconds": round(time.perf_counter() - start, 1),
-        "checkpoint": str(Path(ckpt.best_model_path).resolve())
-        if ckpt and ckpt.best_model_path
-        else "",
+        "checkpoint": str(Path(best).resolve()) if best else "",
     }
     if trainer.is_global_zero:
         report(cfg, model, loggers, metrics)
