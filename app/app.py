@@ -9,6 +9,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from hdr.checkpoint import load_model as load_checkpoint
 from hdr.module import DigitClassifier
 from hdr.preprocess import to_mnist
 
@@ -31,15 +32,7 @@ def load_model(checkpoint: str | Path | None = None) -> tuple[DigitClassifier, s
             )
         checkpoint = json.loads(BEST_RECORD.read_text())["checkpoint"]
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}. Train one ({HOW_TO_TRAIN}).")
-    try:  # weights_only: a checkpoint is data, never code to run
-        model = DigitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"Cannot load {path}: it is damaged or not a checkpoint written by hdr.train "
-            f"({type(e).__name__}: {str(e)[:200]})."
-        ) from e
+    model = load_checkpoint(path)  # weights only; CheckpointError says what is wrong
     result = path.parent.parent / "result.json"  # the run's own record, if it has one
     test_acc = json.loads(result.read_text()).get("test_acc") if result.exists() else None
     net = model.hparams.net
@@ -47,7 +40,7 @@ def load_model(checkpoint: str | Path | None = None) -> tuple[DigitClassifier, s
     about = f"{net['name'].upper()} {shape}, `{path}`"
     if test_acc is not None:
         about += f", test accuracy {100 * test_acc:.2f}%"
-    return model.eval(), about
+    return model, about
 
 
 def make_predict(model: DigitClassifier):

@@ -9,6 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import hdr.config  # noqa: F401  registers the schema that conf/ composes against
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # CI and the Makefile set HDR_DATA_DIR; a checkout beside shared/ finds the data without it.

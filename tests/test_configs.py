@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
+from hdr.config import ConfigError, check
+from hdr.train import train
 from hdr.utils import instantiate_group
 from tests.conftest import CONF
 
@@ -22,6 +24,7 @@ def test_every_group_has_options():
 def test_option_composes_and_instantiates(make_cfg, group, option):
     cfg = make_cfg([f"{group}={option}"])
     assert cfg.data._target_ and cfg.model._target_ and cfg.trainer._target_
+    check(cfg)
     instantiate(cfg.data)
     instantiate(cfg.model)
     instantiate_group(cfg.get("callbacks"))
@@ -56,3 +59,56 @@ def test_console_script_finds_the_config_from_anywhere(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "max_epochs: 100" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.lr=-0.01", "model.lr=-0.01 is not allowed: must be > 0"),
+        ("model.lr=0", "model.lr=0.0 is not allowed"),
+        ("data.batch_size=0", "data.batch_size=0 is not allowed: must be >= 1"),
+        ("data.val_size=60000", "data.val_size=60000 is not allowed"),
+        ("model.net.activation=swish", "model.net.activation='swish' is not allowed: choose one"),
+        ("model.net.hidden=[1400,0]", "model.net.hidden=[1400, 0] is not allowed"),
+        ("model.net.dropout=1.5", "model.net.dropout=1.5 is not allowed: must be in [0, 1)"),
+        ("model.optimizer=adagrad", "model.optimizer='adagrad' is not allowed: choose one of"),
+        ("model.scheduler=step", "model.scheduler='step' is not allowed"),
+        ("model=cnn model.net.kernel_size=4", "model.net.kernel_size=4 is not allowed"),
+        ("model=cnn model.net.channels=[8,8,8,8,8]", "model.net.channels=[8, 8, 8, 8, 8]"),
+        ("experiment=cnn model.augment.scale=[1.1,0.9]", "model.augment.scale=[1.1, 0.9]"),
+        ("+model.lrr=0.1", "model.lrr is not a known key: model takes"),
+        ("+data.batchsize=10", "data.batchsize is not a known key"),
+    ],
+)
+def test_bad_values_are_rejected_before_training_naming_the_key(make_cfg, override, words):
+    cfg = make_cfg(override.split())
+    with pytest.raises(ConfigError) as err:
+        train(cfg)  # the check comes first: no data read, nothing built, nothing written
+    assert words in str(err.value)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.lr=fast", "full_key: model.lr"),
+        ("data.batch_size=2.5", "full_key: data.batch_size"),
+        ("model.net.hidden=wide", "full_key: model.net.hidden"),
+        ("model.lrr=0.1", "Could not override 'model.lrr'"),
+    ],
+)
+def test_wrong_types_and_typos_fail_as_hydra_composes(make_cfg, override, words):
+    with pytest.raises(Exception) as err:
+        make_cfg([override])
+    assert words in f"{err.value}\n{err.value.__cause__}"
+
+
+def test_cli_reports_a_bad_value_in_one_line_without_a_trace(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "hdr.train", "model.lr=-1", f"paths.log_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert "Error: model.lr=-1.0 is not allowed" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -4,16 +4,8 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-from hdr.data import (
-    MNIST_MEAN,
-    MNIST_STD,
-    RAW_SHA256,
-    DataError,
-    MNISTDataModule,
-    raw_dir,
-    to_float,
-    verify_raw_files,
-)
+from hdr.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, to_float
+from hdr.download import RAW_SHA256, DataError, raw_dir, verify_raw_files
 from tests.conftest import DATA_DIR
 
 

@@ -1,7 +1,7 @@
 """MNIST as a LightningDataModule: real files through torchvision, held in memory as tensors."""
 
-import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -9,45 +9,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import MNIST
 
+from hdr.download import MIRRORS, RAW_SHA256, download, raw_dir, verify_raw_files
+
 log = logging.getLogger(__name__)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the 60k training images, in [0, 1]
-
-# SHA-256 of the four decompressed IDX files as published (torchvision checks only the .gz md5s).
-RAW_SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-
-
-class DataError(RuntimeError):
-    """The MNIST files are missing or damaged; the message says which file and what to do."""
-
-
-def raw_dir(root: str | Path) -> Path:
-    return Path(root).expanduser().resolve() / "MNIST" / "raw"
-
-
-def verify_raw_files(root: str | Path) -> None:
-    """Check the four raw IDX files against their published SHA-256, naming any bad file."""
-    folder = raw_dir(root)
-    for name, expected in RAW_SHA256.items():
-        path = folder / name
-        if not path.is_file():
-            raise DataError(
-                f"MNIST file missing: {path}. Point HDR_DATA_DIR (or data.data_dir=...) at a "
-                f"folder holding MNIST/raw/{name}, or set data.download=true on a machine with "
-                "internet."
-            )
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != expected:
-            raise DataError(
-                f"MNIST file is damaged: {path} ({path.stat().st_size:,} bytes, sha256 "
-                f"{digest[:12]}…, expected {expected[:12]}…). Delete it and download again "
-                "(data.download=true), or copy a good one from another machine."
-            )
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -89,6 +55,8 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 42,
         download: bool = True,
+        mirrors: Sequence[str] = MIRRORS,
+        timeout: float = 30.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -98,16 +66,8 @@ class MNISTDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         missing = [n for n in RAW_SHA256 if not (raw_dir(self.data_dir) / n).is_file()]
         if missing and self.hparams.download:
-            log.info("Downloading MNIST into %s", self.data_dir)
-            try:
-                MNIST(self.data_dir, train=True, download=True)
-                MNIST(self.data_dir, train=False, download=True)
-            except Exception as e:  # torchvision's own error names the mirror, not the fix
-                raise DataError(
-                    f"Could not download MNIST into {raw_dir(self.data_dir)} ({e}). Without "
-                    "internet, copy the four raw IDX files there or point HDR_DATA_DIR at a "
-                    "folder that holds MNIST/raw/."
-                ) from e
+            log.info("Downloading MNIST into %s", raw_dir(self.data_dir))
+            download(self.data_dir, self.hparams.mirrors, self.hparams.timeout)
         verify_raw_files(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:

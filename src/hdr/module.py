@@ -35,6 +35,7 @@ class DigitClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         augment: dict[str, Any] | None = None,
         standardize: bool = True,
+        channels_last: bool = False,
         num_classes: int = 10,
     ) -> None:
         super().__init__()
@@ -48,6 +49,8 @@ class DigitClassifier(L.LightningModule):
                 f"Unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}."
             )
         self.net = build_net(**net, num_classes=num_classes)
+        if channels_last:  # convolutions on CPU run ~1.6x faster in NHWC (benchmarks/README)
+            self.net.to(memory_format=torch.channels_last)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -64,6 +67,8 @@ class DigitClassifier(L.LightningModule):
         # loads it (the app too) feeds plain [0, 1] pixels.
         if self.hparams.standardize:
             x = (x - MNIST_MEAN) / MNIST_STD
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from hdr.checkpoint import CheckpointError, check_resumable
+from hdr.config import ConfigError, check
+from hdr.download import DataError
 from hdr.plots import accuracy_figure, confusion_matrix_figure, mistakes_figure, read_scalars
 from hdr.sweep import record_best, write_result
 from hdr.utils import instantiate_group
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit on train/val, test the best checkpoint, write reports; return metrics and objects."""
+    check(cfg)  # bad values stop here, named, before any data is read
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     set_threads(cfg.get("torch_threads"))
@@ -40,14 +45,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if cfg.get("train"):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        resume = cfg.get("ckpt_path")
+        if resume:
+            check_resumable(resume, OmegaConf.to_container(cfg.model.net))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test"):
         if not best:
             log.warning("No best checkpoint: testing the weights as they are now.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     result = {
@@ -136,6 +144,9 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
+# Errors in what the user gave (config, data, checkpoint), reported without a stack trace.
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
 # conf/ sits at the top of the checkout (an editable install), not inside the package.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -147,6 +158,8 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as e:
         write_result(cfg.paths.output_dir, status="failed", error=f"{type(e).__name__}: {e}")
         if HydraConfig.get().mode != RunMode.MULTIRUN:
+            if isinstance(e, USER_ERRORS):  # the message says what to fix; a trace adds noise
+                sys.exit(f"Error: {e}")
             raise
         # In a sweep one failed run must not stop or hide the others: record it, go on.
         log.error("Run failed, the sweep goes on: %s: %s", type(e).__name__, e)

@@ -1,0 +1,165 @@
+"""The config schema: a type for every key of `data` and `model`, and the values each may take.
+
+Hydra checks the types as it composes (an unknown key or `model.lr=abc` fails there, naming
+the key); `check(cfg)` checks the values (a negative lr, a zero batch size, an unknown
+activation) before anything is built. The YAML files in conf/ hold the values; this file only
+says what is allowed.
+"""
+
+import math
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from hdr.models import ACTIVATIONS
+from hdr.module import OPTIMIZERS, SCHEDULERS
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key, the value and the rule."""
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {rule}.")
+
+
+def _choice(key: str, value: str, choices: Any) -> None:
+    _require(value in choices, key, value, f"choose one of {', '.join(choices)}")
+
+
+def _positive_ints(key: str, values: list[int], most: int | None = None) -> None:
+    size = f"1 to {most}" if most else "one or more"
+    ok = 0 < len(values) <= (most or len(values)) and all(v >= 1 for v in values)
+    _require(ok, key, values, f"give {size} positive sizes, e.g. [{values[0] if values else 64}]")
+
+
+def _fraction(key: str, value: float) -> None:
+    _require(0 <= value < 1, key, value, "must be in [0, 1)")
+
+
+@dataclass
+class MLPNet:
+    name: str = MISSING
+    hidden: list[int] = MISSING
+    activation: str = MISSING
+    dropout: float = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.name == "mlp", "model.net.name", self.name, "use model=cnn for a CNN")
+        _positive_ints("model.net.hidden", self.hidden)
+        _choice("model.net.activation", self.activation, ACTIVATIONS)
+        _fraction("model.net.dropout", self.dropout)
+
+
+@dataclass
+class CNNNet:
+    name: str = MISSING
+    channels: list[int] = MISSING
+    kernel_size: int = MISSING
+    hidden: int = MISSING
+    dropout: float = MISSING
+    batch_norm: bool = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.name == "cnn", "model.net.name", self.name, "use model=mlp for an MLP")
+        _positive_ints("model.net.channels", self.channels, most=4)  # each block halves 28 px
+        k = self.kernel_size
+        _require(k >= 1 and k % 2 == 1, "model.net.kernel_size", k, "must be odd, e.g. 3 or 5")
+        _require(self.hidden >= 1, "model.net.hidden", self.hidden, "must be >= 1")
+        _fraction("model.net.dropout", self.dropout)
+
+
+@dataclass
+class Augment:
+    rotate: float = MISSING
+    scale: list[float] = MISSING
+    shift: float = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.rotate >= 0, "model.augment.rotate", self.rotate, "degrees, >= 0")
+        lo_hi = len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]
+        _require(lo_hi, "model.augment.scale", self.scale, "give [low, high], 0 < low <= high")
+        _require(self.shift >= 0, "model.augment.shift", self.shift, "pixels, >= 0")
+
+
+@dataclass
+class Model:
+    _target_: str = MISSING
+    _convert_: str = MISSING
+    net: Any = MISSING  # MLPNet or CNNNet, by the subclasses below
+    optimizer: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    scheduler: str = MISSING
+    label_smoothing: float = MISSING
+    augment: Augment | None = MISSING
+    standardize: bool = MISSING
+    channels_last: bool = MISSING
+
+    def __post_init__(self) -> None:
+        _choice("model.optimizer", self.optimizer, OPTIMIZERS)
+        lr_ok = 0 < self.lr < math.inf
+        _require(lr_ok, "model.lr", self.lr, "must be > 0, e.g. 0.01 (0.001 for AdamW)")
+        _require(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "must be >= 0")
+        _choice("model.scheduler", self.scheduler, SCHEDULERS)
+        _fraction("model.label_smoothing", self.label_smoothing)
+
+
+@dataclass
+class MLPModel(Model):
+    net: MLPNet = MISSING
+
+
+@dataclass
+class CNNModel(Model):
+    net: CNNNet = MISSING
+
+
+@dataclass
+class Data:
+    _target_: str = MISSING
+    data_dir: str = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    val_size: int = MISSING
+    split_seed: int = MISSING
+    download: bool = MISSING
+    mirrors: list[str] = MISSING
+    timeout: float = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        ebs = self.eval_batch_size
+        _require(ebs >= 1, "data.eval_batch_size", ebs, "must be >= 1")
+        val_ok = 0 < self.val_size < 60_000
+        _require(val_ok, "data.val_size", self.val_size, "take 1 to 59,999 of the 60k images")
+        _require(self.timeout > 0, "data.timeout", self.timeout, "seconds, > 0")
+
+
+cs = ConfigStore.instance()
+cs.store(group="model", name="mlp_schema", node=MLPModel)
+cs.store(group="model", name="cnn_schema", node=CNNModel)
+cs.store(group="data", name="mnist_schema", node=Data)
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key of `data` or `model` that is not allowed."""
+    for group in ("data", "model"):
+        _no_unknown_keys(cfg[group], group)
+        OmegaConf.to_object(cfg[group])  # builds the schema's dataclasses: __post_init__ checks
+
+
+def _no_unknown_keys(node: Any, prefix: str) -> None:
+    # Hydra's `+key=value` adds a key even to a typed config; catch it before it reaches code.
+    if not isinstance(node, DictConfig) or not is_dataclass(OmegaConf.get_type(node)):
+        return
+    known = {f.name for f in fields(OmegaConf.get_type(node))}
+    for key in node:
+        if key not in known:
+            raise ConfigError(
+                f"{prefix}.{key} is not a known key: {prefix} takes {', '.join(sorted(known))}."
+            )
+        _no_unknown_keys(node._get_node(key), f"{prefix}.{key}")

@@ -1,0 +1,108 @@
+"""Getting the four MNIST files safely: checksums on disk, and downloads that never leave a
+partial or wrong file behind."""
+
+import hashlib
+import http.client
+import os
+import urllib.request
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from torchvision.datasets import MNIST
+from tqdm import tqdm
+
+MIRRORS = tuple(MNIST.mirrors)  # torchvision's; each holds <name>.gz for the four names below
+
+# SHA-256 of the four decompressed IDX files as published (torchvision checks only the .gz md5s).
+RAW_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+PROVIDE = (
+    "Without internet, copy the four raw IDX files ({names}) into {folder}, or point "
+    "HDR_DATA_DIR (or data.data_dir=...) at a folder holding MNIST/raw/."
+)
+
+
+class DataError(RuntimeError):
+    """The MNIST files are missing or damaged; the message says which file and what to do."""
+
+
+def raw_dir(root: str | Path) -> Path:
+    return Path(root).expanduser().resolve() / "MNIST" / "raw"
+
+
+def verify_raw_files(root: str | Path) -> None:
+    """Check the four raw IDX files against their published SHA-256, naming any bad file."""
+    folder = raw_dir(root)
+    for name, expected in RAW_SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(
+                f"MNIST file missing: {path}. Set data.download=true on a machine with "
+                "internet, or provide the files. " + PROVIDE.format(names=name, folder=folder)
+            )
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != expected:
+            raise DataError(
+                f"MNIST file is damaged: {path} ({path.stat().st_size:,} bytes, sha256 "
+                f"{digest[:12]}…, expected {expected[:12]}…). Delete it and download again "
+                "(data.download=true), or copy a good one from another machine."
+            )
+
+
+def download(root: str | Path, mirrors: Sequence[str] = MIRRORS, timeout: float = 30.0) -> None:
+    """Fetch each missing raw file, trying the mirrors in turn.
+
+    A file is written under a temporary name and renamed only once its SHA-256 matches, so an
+    interrupted, truncated or wrong download leaves nothing behind. `timeout` is how long a
+    mirror may stay silent (connecting or mid-file) before the next one is tried.
+    """
+    folder = raw_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, expected in RAW_SHA256.items():
+        target = folder / name
+        if target.is_file():
+            continue
+        failures = []
+        for mirror in mirrors:
+            url = f"{mirror.rstrip('/')}/{name}.gz"
+            try:
+                _fetch(url, target, expected, timeout)
+                break
+            except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as e:
+                failures.append(f"  {url}: {type(e).__name__}: {e}")
+        else:
+            raise DataError(
+                f"Could not download {name} from any mirror:\n"
+                + "\n".join(failures)
+                + "\n"
+                + PROVIDE.format(names=", ".join(RAW_SHA256), folder=folder)
+            )
+
+
+def _fetch(url: str, target: Path, expected: str, timeout: float) -> None:
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS)  # 16+: expect a gzip header
+            digest = hashlib.sha256()
+            with tqdm(total=size, unit="B", unit_scale=True, desc=target.name, leave=False) as bar:
+                while chunk := response.read(1 << 16):
+                    data = gunzip.decompress(chunk)
+                    digest.update(data)
+                    out.write(data)
+                    bar.update(len(chunk))
+        if not gunzip.eof:
+            raise EOFError("the file ended early (truncated download)")
+        if digest.hexdigest() != expected:
+            raise ValueError(
+                f"wrong content: sha256 {digest.hexdigest()[:12]}…, expected {expected[:12]}…"
+            )
+        os.replace(partial, target)  # atomic: the name appears only with good content
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,59 @@
+"""Checkpoints are read as data only; missing, damaged, foreign and hostile ones are named."""
+
+import pytest
+import torch
+
+from hdr.checkpoint import CheckpointError, load_model, read_checkpoint
+from hdr.train import train
+
+
+class Hostile:
+    """Unpickling this would create a file: what a booby-trapped checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_real_checkpoint_loads(trained_checkpoint):
+    model = load_model(trained_checkpoint)
+    assert not model.training and model.hparams.net["hidden"] == [1400]
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda path, good: None, "No checkpoint at"),
+        (lambda path, good: path.write_bytes(good[: len(good) // 3]), "Cannot read"),
+        (lambda path, good: path.write_bytes(b"not a checkpoint"), "Cannot read"),
+        (lambda path, good: torch.save({"w": torch.ones(3)}, path), "not a checkpoint written"),
+    ],
+    ids=["missing", "truncated", "garbage", "foreign"],
+)
+def test_bad_checkpoints_are_named(tmp_path, trained_checkpoint, make, words):
+    path = tmp_path / "bad.ckpt"
+    make(path, trained_checkpoint.read_bytes())
+    with pytest.raises(CheckpointError, match=words) as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": Hostile(marker)}}, path)
+    with pytest.raises(CheckpointError, match="Cannot read"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_resuming_from_a_missing_or_mismatched_checkpoint_fails_before_training(
+    make_cfg, tmp_path, trained_checkpoint
+):
+    with pytest.raises(CheckpointError, match="No checkpoint at"):
+        train(make_cfg([f"ckpt_path={tmp_path / 'gone.ckpt'}"]))
+    with pytest.raises(CheckpointError, match="different net") as err:
+        train(make_cfg(["model=cnn", f"ckpt_path={trained_checkpoint}"]))
+    assert ".hydra/overrides.yaml" in str(err.value)
