@@ -11,7 +11,7 @@ import torch
 
 from hdr.checkpoint import load_model as load_checkpoint
 from hdr.module import DigitClassifier
-from hdr.preprocess import to_mnist
+from hdr.preprocess import BlankDrawing, read_picture, to_mnist
 
 BEST_RECORD = Path("outputs/best.json")  # written by every sweep (hdr.sweep)
 # Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
@@ -19,6 +19,7 @@ BEST_RECORD = Path("outputs/best.json")  # written by every sweep (hdr.sweep)
 PICK_BRUSH = (
     "() => setTimeout(() => document.querySelector('button[aria-label=Brush]')?.click(), 300)"
 )
+MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
 HOW_TO_TRAIN = "make train, or a sweep: python -m hdr.train hparams_search=lr"
 
 
@@ -43,24 +44,46 @@ def load_model(checkpoint: str | Path | None = None) -> tuple[DigitClassifier, s
     return model, about
 
 
+Answer = tuple[dict[str, float] | str, np.ndarray | None]  # top classes or a message; preview
+
+
+def classify(model: DigitClassifier, x: torch.Tensor) -> Answer:
+    """Top classes with probabilities, and the 28x28 image the model saw."""
+    with torch.inference_mode():
+        probs = model(x)[0].softmax(-1)
+    # Blown up 6x, pixel for pixel, so the 28x28 input is visible on the page.
+    preview = np.kron(255 * x[0, 0].numpy(), np.ones((6, 6))).astype(np.uint8)
+    return {str(d): float(p) for d, p in enumerate(probs)}, preview
+
+
 def make_predict(model: DigitClassifier):
-    def predict(
-        image: dict | np.ndarray | None,
-    ) -> tuple[dict[str, float] | str, np.ndarray | None]:
-        """Top classes with probabilities, and the 28x28 image the model saw."""
+    def predict(image: dict | np.ndarray | None) -> Answer:
+        """For a drawing: the Sketchpad's value."""
         if image is None:
             return "Draw a digit", None
         try:
             x = to_mnist(image)
         except ValueError as e:  # BlankDrawing says "Draw a digit"; others name the problem
             return str(e), None
-        with torch.inference_mode():
-            probs = model(x)[0].softmax(-1)
-        # Blown up 6x, pixel for pixel, so the 28x28 input is visible on the page.
-        preview = np.kron(255 * x[0, 0].numpy(), np.ones((6, 6))).astype(np.uint8)
-        return {str(d): float(p) for d, p in enumerate(probs)}, preview
+        return classify(model, x)
 
     return predict
+
+
+def make_predict_picture(model: DigitClassifier):
+    def predict_picture(path: str | None) -> Answer:
+        """For an uploaded file: anything unreadable gets a message, never an error."""
+        if path is None:
+            return "Upload a picture of a digit", None
+        try:
+            x = to_mnist(read_picture(path))
+        except BlankDrawing:
+            return "No digit in this picture: it is one flat colour. Upload one digit.", None
+        except ValueError as e:  # not a picture, damaged, too large: the message says which
+            return str(e), None
+        return classify(model, x)
+
+    return predict_picture
 
 
 def build(model: DigitClassifier, about: str) -> gr.Blocks:
@@ -77,11 +100,13 @@ def build(model: DigitClassifier, about: str) -> gr.Blocks:
             with gr.Column():
                 label = gr.Label(num_top_classes=3, label="prediction")
                 seen = gr.Image(label="what the model sees (28x28)", height=168, format="png")
+                upload = gr.File(label="or upload a picture", file_types=["image"], height=80)
         with gr.Row():
-            clear = gr.ClearButton([pad, label, seen], value="Clear")
+            clear = gr.ClearButton([pad, label, seen, upload], value="Clear")
             submit = gr.Button("Submit", variant="primary")
         submit.click(predict, pad, [label, seen], api_name="predict")
         pad.change(predict, pad, [label, seen], api_name=False, show_progress="hidden")
+        upload.upload(make_predict_picture(model), upload, [label, seen], api_name="picture")
         clear.click(None, js=PICK_BRUSH)
         demo.load(None, js=PICK_BRUSH)
     return demo
@@ -97,7 +122,9 @@ def main() -> None:
         model, about = load_model(args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(str(e))
-    build(model, about).launch(server_name=args.host, server_port=args.port)
+    build(model, about).launch(
+        server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD
+    )
 
 
 if __name__ == "__main__":

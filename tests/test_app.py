@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.app import build, load_model, make_predict
+from app.app import MAX_UPLOAD, build, load_model, make_predict
 from hdr.checkpoint import CheckpointError
 from hdr.data import MNISTDataModule
 from tests.conftest import DATA_DIR, ROOT
-from tests.test_preprocess import redraw
+from tests.test_preprocess import BAD_PICTURES, redraw, write_pictures
 
 ARTIFACTS = ROOT / "test-artifacts"  # screenshots kept for people to look at (ignored by git)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's; .ci/run installs it
@@ -66,7 +66,12 @@ def free_port() -> int:
 def server(trained_checkpoint):
     demo = build(*load_model(trained_checkpoint))
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        max_file_size=MAX_UPLOAD,
+    )
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -88,6 +93,31 @@ def test_api_predicts_top3_and_declines_a_blank(server, digits, tmp_path):
     assert len(label["confidences"]) == 3
     blank, seen = call(np.zeros((400, 400, 4), np.uint8))
     assert blank["label"] == "Draw a digit" and seen is None
+
+
+@pytest.mark.slow
+def test_uploads_of_any_kind_get_an_answer_and_the_server_stays_up(server, digits, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False)
+    paths = write_pictures(tmp_path, redraw(digits.images[0], 300, 0.7, "centre", True))
+    (tmp_path / "notes.txt").write_text("not a picture either")
+    answers = {
+        name: client.predict(handle_file(str(path)), api_name="/picture")[0]["label"]
+        for name, path in paths.items()
+    }
+    digit = str(digits.targets[0].item())
+    for name, answer in answers.items():
+        expected = BAD_PICTURES.get(name, digit).replace("Draw a digit", "No digit in this")
+        assert expected in answer, (name, answer)
+    with pytest.raises(AppError, match="Invalid file type"):  # Gradio's own check
+        client.predict(handle_file(str(tmp_path / "notes.txt")), api_name="/picture")
+    # After all that, the server still answers.
+    assert (
+        client.predict(handle_file(str(paths["grey.png"])), api_name="/picture")[0]["label"]
+        == digit
+    )
 
 
 @pytest.mark.slow

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from hdr.data import MNISTDataModule
 from hdr.module import DigitClassifier
-from hdr.preprocess import BlankDrawing, to_mnist
+from hdr.preprocess import BlankDrawing, read_picture, to_mnist
 from tests.conftest import DATA_DIR
 
 
@@ -116,3 +117,56 @@ def test_trained_mlp_reads_redrawn_digits(mnist, trained_checkpoint):
         clean = (model(test.images[:n]).argmax(1) == test.targets[:n]).float().mean().item()
         acc = (model(drawn).argmax(1) == test.targets[:n]).float().mean().item()
     assert acc >= 0.97, f"re-drawn {acc:.3f} vs the same digits as MNIST has them {clean:.3f}"
+
+
+def write_pictures(folder, rgba: np.ndarray) -> dict:
+    """A drawn digit saved as a person might upload it: odd modes and formats, good and bad."""
+    paper = Image.fromarray(255 - rgba[..., 3])  # dark digit on white paper, greyscale
+    good = {
+        "grey.png": paper,
+        "rgb.jpg": paper.convert("RGB"),
+        "palette.png": paper.convert("P"),
+        "1-bit.png": paper.point(lambda v: 255 if v > 127 else 0).convert("1"),
+        "16-bit.png": Image.fromarray((np.asarray(paper).astype(np.uint16) * 257)),
+        "float.tif": Image.fromarray(np.asarray(paper, np.float32) / 255),
+        "cmyk.jpg": paper.convert("CMYK"),
+        "sketch.png": Image.fromarray(rgba),  # transparent, as the Sketchpad saves
+    }
+    paths = {}
+    for name, im in good.items():
+        im.save(folder / name)
+        paths[name] = folder / name
+    Image.new("RGB", (300, 300), "white").save(folder / "white.png")
+    Image.new("RGB", (300, 300), "black").save(folder / "black.png")
+    Image.new("1", (10_000, 10_000), 1).save(folder / "huge.png")  # 100 Mpx, ~15 kB
+    Image.new("L", (5000, 100), 255).save(folder / "wide.png")
+    (folder / "notes.png").write_text("a shopping list, not a picture")
+    data = (folder / "grey.png").read_bytes()
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+    for name in ("white.png", "black.png", "huge.png", "wide.png", "notes.png", "cut.png"):
+        paths[name] = folder / name
+    return paths
+
+
+BAD_PICTURES = {
+    "white.png": "Draw a digit",  # BlankDrawing from to_mnist
+    "black.png": "Draw a digit",
+    "huge.png": "far too large to read: send a picture at most 4096 px a side",
+    "wide.png": "is 5000x100 pixels: send a picture at most 4096 px a side",
+    "notes.png": "is not a picture: send a PNG or JPEG",
+    "cut.png": "is damaged and cannot be decoded",
+}
+
+
+def test_pictures_in_any_mode_become_the_same_digit(mnist, tmp_path):
+    paths = write_pictures(tmp_path, redraw(mnist.splits["test"].images[3], 300, 0.7, "centre", True))
+    reference = to_mnist(read_picture(paths["grey.png"]))
+    for name in [n for n in paths if n not in BAD_PICTURES]:
+        assert similarity(to_mnist(read_picture(paths[name])), reference) > 0.97, name
+
+
+@pytest.mark.parametrize("name", BAD_PICTURES)
+def test_bad_pictures_get_a_message(mnist, tmp_path, name):
+    paths = write_pictures(tmp_path, redraw(mnist.splits["test"].images[3], 300, 0.7, "centre", True))
+    with pytest.raises(ValueError, match=BAD_PICTURES[name]):
+        to_mnist(read_picture(paths[name]))

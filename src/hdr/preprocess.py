@@ -5,15 +5,19 @@ centred in 28x28 by their centre of mass. Doing the same to a sketch is what let
 trained on MNIST read it, whatever the canvas size and wherever the digit was drawn.
 """
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 BOX = 20  # the longer side of the digit after scaling, as in MNIST
 SIZE = 28
 MIN_INK = 0.2  # a pixel darker than this (0 = paper, 1 = full ink) counts as drawn
+MAX_SIDE = 4096  # uploads larger than this many pixels a side are refused, not decoded
 
 
 class BlankDrawing(ValueError):
@@ -87,3 +91,46 @@ def to_mnist(image: Any) -> torch.Tensor:
     out = torch.zeros(SIZE, SIZE)
     out[top : top + new[0], left : left + new[1]] = digit
     return out[None, None]
+
+
+def read_picture(path: str | Path) -> np.ndarray:
+    """An uploaded picture file -> an array `ink` reads: uint8 L, LA, RGB or RGBA, or float.
+
+    Raises ValueError with what is wrong and what to do: not a picture, damaged, too large.
+    Palette, 1-bit, 16-bit, 32-bit float, CMYK and other colour spaces are converted.
+    """
+    name = Path(path).name
+    try:
+        # Pillow only warns below 2x its pixel limit; refuse such a bomb before decoding it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(
+            f"{name} is far too large to read: send a picture at most {MAX_SIDE} px a side."
+        ) from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{name} is not a picture: send a PNG or JPEG of one digit.") from None
+    except (OSError, SyntaxError) as e:  # Pillow reports broken data as either
+        raise ValueError(f"{name} is damaged and cannot be decoded ({e}).") from None
+    with im:
+        w, h = im.size
+        if max(w, h) > MAX_SIDE:
+            raise ValueError(
+                f"{name} is {w}x{h} pixels: send a picture at most {MAX_SIDE} px a side "
+                "(a digit needs no more than a few hundred)."
+            )
+        try:
+            im = ImageOps.exif_transpose(im)  # phone photos: upright as they were taken
+            im.load()
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"{name} is damaged and cannot be decoded ({e}).") from None
+        if im.mode in ("1", "L", "LA", "RGB", "RGBA"):
+            return np.asarray(im.convert("L") if im.mode == "1" else im)
+        if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit greyscale, as PNG has it
+            return np.clip(np.asarray(im, np.float32) / 65535, 0, 1)
+        if im.mode == "F":
+            return np.clip(np.asarray(im, np.float32), 0, 1)
+        if im.mode in ("P", "PA"):  # a palette may hold transparency
+            return np.asarray(im.convert("RGBA"))
+        return np.asarray(im.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, ...

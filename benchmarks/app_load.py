@@ -1,0 +1,117 @@
+"""The app under load: N concurrent clients x M requests each, on loopback only.
+
+    .venv/bin/python benchmarks/app_load.py [--checkpoint PATH] [--clients 20] [--requests 50]
+
+Starts `app/app.py` on a free 127.0.0.1 port (the model of outputs/best.json unless
+--checkpoint), then each client (its own gradio_client connection, in its own thread) sends
+its requests one after another through the API the Submit button uses: an MNIST test digit
+re-drawn on a 400x400 canvas. Counts errors (an exception, or no top-3 answer) and wrong
+readings; prints p50/p95/max latency and throughput. Stops the server when done.
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch.nn.functional as F
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from hdr.data import MNISTDataModule
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--checkpoint", help="default: the one in outputs/best.json")
+parser.add_argument("--clients", type=int, default=20)
+parser.add_argument("--requests", type=int, default=50, help="per client")
+parser.add_argument("--data-dir", default=os.environ.get("HDR_DATA_DIR", "data"))
+args = parser.parse_args()
+
+dm = MNISTDataModule(data_dir=args.data_dir, download=False)
+dm.setup()
+test = dm.splits["test"]
+folder = Path(tempfile.mkdtemp())
+drawings = []  # (png path, true digit): the first 20 test digits, thick strokes, transparent
+for i in range(20):
+    big = F.interpolate((test.images[i] > 0.4).float()[None], size=(300, 300))
+    big = F.max_pool2d(big, 9, stride=1, padding=4)[0, 0].numpy()
+    rgba = np.zeros((400, 400, 4), np.uint8)
+    rgba[50:350, 50:350, 3] = (255 * big).astype(np.uint8)
+    Image.fromarray(rgba).save(folder / f"{i}.png")
+    drawings.append((folder / f"{i}.png", str(test.targets[i].item())))
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+cmd = [sys.executable, "app/app.py", "--port", str(port)]
+cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+url = f"http://127.0.0.1:{port}/"
+deadline = time.monotonic() + 120
+while True:  # wait for the server to listen
+    if server.poll() is not None:
+        sys.exit(f"The app did not start: {server.stderr.read()}")
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            server.kill()
+            sys.exit("The app did not start within 120 s.")
+        time.sleep(0.5)
+
+latencies: list[float] = []
+errors: list[str] = []
+wrong = 0
+lock = threading.Lock()
+
+
+def client_run(k: int) -> None:
+    global wrong
+    client = Client(url, verbose=False, download_files=False)
+    for r in range(args.requests):
+        path, digit = drawings[(k + r) % len(drawings)]
+        image = {"background": None, "layers": [], "composite": handle_file(str(path))}
+        start = time.perf_counter()
+        try:
+            label, _ = client.predict(image, api_name="/predict")
+            ok = isinstance(label, dict) and len(label.get("confidences", [])) == 3
+            problem = None if ok else f"unexpected answer {label!r}"
+        except Exception as e:  # counted, and the run goes on
+            problem = f"{type(e).__name__}: {e}"
+        elapsed = time.perf_counter() - start
+        with lock:
+            latencies.append(elapsed)
+            if problem:
+                errors.append(problem)
+            elif label["label"] != digit:
+                wrong += 1
+
+
+try:
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client_run, args=(k,)) for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+finally:
+    server.terminate()
+    server.wait(timeout=30)
+
+ms = sorted(1000 * t for t in latencies)
+q = statistics.quantiles(ms, n=100)
+print(f"{args.clients} clients x {args.requests} requests = {len(ms)} in {wall:.1f} s "
+      f"({len(ms) / wall:.1f} requests/s)")  # fmt: skip
+print(f"latency p50 {q[49]:.0f} ms, p95 {q[94]:.0f} ms, max {ms[-1]:.0f} ms")
+print(f"errors: {len(errors)}   wrong readings: {wrong} of {len(ms)}")
+for problem in sorted(set(errors))[:5]:
+    print("  ", problem)
