@@ -127,7 +127,7 @@ def write_pictures(folder, rgba: np.ndarray) -> dict:
         "rgb.jpg": paper.convert("RGB"),
         "palette.png": paper.convert("P"),
         "1-bit.png": paper.point(lambda v: 255 if v > 127 else 0).convert("1"),
-        "16-bit.png": Image.fromarray((np.asarray(paper).astype(np.uint16) * 257)),
+        "16-bit.png": Image.fromarray(np.asarray(paper).astype(np.uint16) * 257),
         "float.tif": Image.fromarray(np.asarray(paper, np.float32) / 255),
         "cmyk.jpg": paper.convert("CMYK"),
         "sketch.png": Image.fromarray(rgba),  # transparent, as the Sketchpad saves
@@ -159,7 +159,8 @@ BAD_PICTURES = {
 
 
 def test_pictures_in_any_mode_become_the_same_digit(mnist, tmp_path):
-    paths = write_pictures(tmp_path, redraw(mnist.splits["test"].images[3], 300, 0.7, "centre", True))
+    drawn = redraw(mnist.splits["test"].images[3], 300, 0.7, "centre", True)
+    paths = write_pictures(tmp_path, drawn)
     reference = to_mnist(read_picture(paths["grey.png"]))
     for name in [n for n in paths if n not in BAD_PICTURES]:
         assert similarity(to_mnist(read_picture(paths[name])), reference) > 0.97, name
@@ -167,6 +168,7 @@ def test_pictures_in_any_mode_become_the_same_digit(mnist, tmp_path):
 
 @pytest.mark.parametrize("name", BAD_PICTURES)
 def test_bad_pictures_get_a_message(mnist, tmp_path, name):
-    paths = write_pictures(tmp_path, redraw(mnist.splits["test"].images[3], 300, 0.7, "centre", True))
+    drawn = redraw(mnist.splits["test"].images[3], 300, 0.7, "centre", True)
+    paths = write_pictures(tmp_path, drawn)
     with pytest.raises(ValueError, match=BAD_PICTURES[name]):
         to_mnist(read_picture(paths[name]))
