@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -87,6 +88,44 @@ def test_event_files_hold_curves_hparams_and_confusion_images(short_run):
         assert png.startswith(b"\x89PNG") and width > 200 and height > 200
     for png in ("accuracy.png", "confusion_matrix.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
+
+
+class EvalProbe(L.Callback):
+    """Records each validation batch: (epoch, sanity check?, gradients on?, images), and
+    whether each test batch ran under inference mode."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple] = []
+        self.test_inference: list[bool] = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        grad = torch.is_grad_enabled()
+        self.batches.append((trainer.current_epoch, trainer.sanity_checking, grad, len(batch[1])))
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.test_inference.append(torch.is_inference_mode_enabled())
+
+
+def test_validation_runs_once_per_epoch_on_5k_without_gradients(make_cfg):
+    probe = "+callbacks.probe._target_=tests.test_train.EvalProbe"
+    cfg = make_cfg([probe, "trainer.max_epochs=3", "+trainer.limit_train_batches=4"])
+    _, objects = train(cfg)
+    (probe,) = [c for c in objects["trainer"].callbacks if isinstance(c, EvalProbe)]
+    real = [b for b in probe.batches if not b[1]]
+    # Lightning validates inside fit under no_grad (inference tensors must not leak into
+    # training); the test after fit runs under inference mode.
+    assert not any(grad for _, _, grad, _ in probe.batches)
+    assert probe.test_inference and all(probe.test_inference)
+    per_epoch = {e: sum(n for epoch, _, _, n in real if epoch == e) for e in range(3)}
+    assert per_epoch == {0: 5000, 1: 5000, 2: 5000}  # the whole 5k split, once per epoch
+    assert len(real) == 3  # one 5000-image batch each time: never per training batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment, target", [("fast_mlp", 0.98), ("fast_cnn", 0.99)])
+def test_fast_experiments_reach_their_accuracy(make_cfg, experiment, target):
+    metrics, _ = train(make_cfg([f"experiment={experiment}"]))
+    assert metrics["test/acc"] >= target
 
 
 def test_fast_dev_run_goes_through_every_stage(make_cfg):

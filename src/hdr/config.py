@@ -121,6 +121,7 @@ class CNNModel(Model):
 @dataclass
 class Data:
     _target_: str = MISSING
+    _convert_: str = MISSING
     data_dir: str = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
