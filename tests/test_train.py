@@ -168,7 +168,8 @@ def test_a_killed_run_resumes_from_last_ckpt_and_finishes(tmp_path):
     while killed_at is None and first.poll() is None and time.time() < deadline:
         time.sleep(0.1)
         try:  # kill right after the first complete last.ckpt, long before the next one
-            killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+            saved = torch.load(last, map_location="cpu", weights_only=True)
+            killed_at, best_before = saved["epoch"], saved["val_acc_best"]
         except Exception:
             continue
     first.send_signal(signal.SIGKILL)  # as hard as a power cut: no clean-up runs
@@ -182,6 +183,7 @@ def test_a_killed_run_resumes_from_last_ckpt_and_finishes(tmp_path):
     assert "Restored all states from the checkpoint" in run.stdout + run.stderr
     result = json.loads((tmp_path / "b" / "result.json").read_text())
     assert result["status"] == "ok" and result["epochs"] == 4
+    assert result["val_acc"] >= best_before  # the best so far survived the kill
     end = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
     assert end["global_step"] == 4 * 150
     # Only the epochs after the kill were trained again.

@@ -113,13 +113,18 @@ class DigitClassifier(L.LightningModule):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).softmax(dim=-1)
 
-    def on_train_start(self) -> None:
-        # The sanity check's partial validation must not count towards the best score.
-        self.val_acc_best.reset()
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Metric states are not saved; keep the best so far, so a resumed run goes on from it.
+        if self.val_acc_best.update_count:
+            checkpoint["val_acc_best"] = self.val_acc_best.compute().item()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "val_acc_best" in checkpoint:
+            self.val_acc_best.update(torch.tensor(checkpoint["val_acc_best"]))
 
     def on_validation_epoch_end(self) -> None:
         matrix = self._end_confusion("val")
-        if self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:  # a partial validation: not a score to keep
             return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
