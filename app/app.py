@@ -100,7 +100,7 @@ def build(model: DigitClassifier, about: str) -> gr.Blocks:
             with gr.Column():
                 label = gr.Label(num_top_classes=3, label="prediction")
                 seen = gr.Image(label="what the model sees (28x28)", height=168, format="png")
-                upload = gr.File(label="or upload a picture", file_types=["image"], height=80)
+                upload = gr.File(label="or upload a picture", file_types=["image"], height=120)
         with gr.Row():
             clear = gr.ClearButton([pad, label, seen, upload], value="Clear")
             submit = gr.Button("Submit", variant="primary")
