@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HDR_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(abspath data))
 export HDR_DATA_DIR
 
-.PHONY: install train app test lint clean
+.PHONY: install browser train app test lint clean
 
 $(BIN)/hdr-train: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,17 @@ train: install  ## the seed's MLP, 100 epochs, on real MNIST; ARGS adds Hydra ov
 app: install  ## the sketchpad on http://127.0.0.1:7860 with the best recorded model; ARGS: --checkpoint, --port
 	$(BIN)/python app/app.py $(ARGS)
 
-test: install  ## every test, slow ones included; add ARGS='-m "not slow"' for the quick loop
+# The browser test drives a real Chromium: the system's, else Debian's package (as root, with
+# apt-get), else the one Playwright downloads. Without any, say what to install and stop.
+browser: install
+	@command -v chromium >/dev/null \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	     && echo "Installing Debian's chromium for the browser test" \
+	     && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	|| $(BIN)/playwright install chromium \
+	|| { echo "make test needs a browser: install Chromium (sudo apt-get install chromium) or let Playwright fetch one (.venv/bin/playwright install chromium)." >&2; exit 1; }
+
+test: install browser  ## every test, slow ones included; add ARGS='-m "not slow"' for the quick loop
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install

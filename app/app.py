@@ -1,41 +1,51 @@
 """Draw a digit, see what the model thinks: `python app/app.py [--checkpoint PATH]`."""
 
 import argparse
+import hashlib
+import io
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import torch
+from gradio.data_classes import FileData
+from hydra import compose, initialize_config_dir
+from PIL import Image
 
+from hdr.checkpoint import CheckpointError
 from hdr.checkpoint import load_model as load_checkpoint
+from hdr.config import CONF_DIR
 from hdr.module import DigitClassifier
 from hdr.preprocess import BlankDrawing, read_picture, to_mnist
+from hdr.records import RESULT_FILE, RecordError, read_best, write_atomic
 
-BEST_RECORD = Path("outputs/best.json")  # written by every sweep (hdr.sweep)
 # Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
 # brush for the user, on load and after Clear, so drawing works at once.
 PICK_BRUSH = (
     "() => setTimeout(() => document.querySelector('button[aria-label=Brush]')?.click(), 300)"
 )
 MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
-HOW_TO_TRAIN = "make train, or a sweep: python -m hdr.train hparams_search=lr"
+PREVIEWS = Path(tempfile.gettempdir()) / "hdr-app-previews"
+
+
+def best_record() -> Path:
+    """Where the best model is recorded: `paths.best_record` of the real config."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return Path(compose("train").paths.best_record)
 
 
 def load_model(checkpoint: str | Path | None = None) -> tuple[DigitClassifier, str]:
     """The given checkpoint, else the best recorded one; also a line describing it."""
-    if checkpoint is None:
-        if not BEST_RECORD.exists():
-            raise FileNotFoundError(
-                f"No model yet: {BEST_RECORD} does not exist. Train one ({HOW_TO_TRAIN}) "
-                "or pass --checkpoint PATH."
-            )
-        checkpoint = json.loads(BEST_RECORD.read_text())["checkpoint"]
-    path = Path(checkpoint)
+    path = Path(checkpoint or read_best(best_record())["checkpoint"])
     model = load_checkpoint(path)  # weights only; CheckpointError says what is wrong
-    result = path.parent.parent / "result.json"  # the run's own record, if it has one
-    test_acc = json.loads(result.read_text()).get("test_acc") if result.exists() else None
+    result = path.parent.parent / RESULT_FILE  # the run's own record, if it has one
+    try:
+        test_acc = json.loads(result.read_text()).get("test_acc")
+    except (OSError, ValueError, AttributeError):
+        test_acc = None
     net = model.hparams.net
     shape = net.get("channels") or net.get("hidden")  # conv channels, or hidden layer sizes
     about = f"{net['name'].upper()} {shape}, `{path}`"
@@ -44,16 +54,42 @@ def load_model(checkpoint: str | Path | None = None) -> tuple[DigitClassifier, s
     return model, about
 
 
-Answer = tuple[dict[str, float] | str, np.ndarray | None]  # top classes or a message; preview
+def decode(file: FileData | bytes | None, flatten_on_white: bool = False) -> np.ndarray | None:
+    """A Sketchpad image (its composite or a layer), decoded by our `read_picture` rather
+    than Gradio's: a huge one is refused from its header before a pixel is decoded, and
+    16-bit, float or palette images read as /picture reads them."""
+    if file is None:
+        return None
+    try:
+        if isinstance(file, FileData):
+            return read_picture(file.path, name=file.orig_name or "the drawing")
+        return read_picture(bytes(file))
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+
+
+Answer = tuple[dict[str, float] | str, str | None]  # top classes or a message; preview file
+
+
+def preview(x: torch.Tensor) -> str:
+    """The 28x28 input blown up 6x as a PNG file, written once per content and atomically:
+    Gradio rewrites its own cached copy of an array in place, and a client fetching it
+    meanwhile got a short read."""
+    big = np.kron(255 * x[0, 0].numpy(), np.ones((6, 6))).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(big).save(buffer, format="png")
+    png = buffer.getvalue()
+    path = PREVIEWS / f"{hashlib.sha256(png).hexdigest()[:32]}.png"
+    if not path.exists():
+        write_atomic(path, png)
+    return str(path)
 
 
 def classify(model: DigitClassifier, x: torch.Tensor) -> Answer:
     """Top classes with probabilities, and the 28x28 image the model saw."""
     with torch.inference_mode():
         probs = model(x)[0].softmax(-1)
-    # Blown up 6x, pixel for pixel, so the 28x28 input is visible on the page.
-    preview = np.kron(255 * x[0, 0].numpy(), np.ones((6, 6))).astype(np.uint8)
-    return {str(d): float(p) for d, p in enumerate(probs)}, preview
+    return {str(d): float(p) for d, p in enumerate(probs)}, preview(x)
 
 
 def make_predict(model: DigitClassifier):
@@ -97,6 +133,9 @@ def build(model: DigitClassifier, about: str) -> gr.Blocks:
                 brush=gr.Brush(default_size=24, colors=["#000000"], color_mode="fixed"),
                 label="your digit",
             )
+            # Set on the instance: a subclass of a Gradio component makes Gradio write a
+            # .pyi stub beside this file.
+            pad.convert_and_format_image = decode
             with gr.Column():
                 label = gr.Label(num_top_classes=3, label="prediction")
                 seen = gr.Image(label="what the model sees (28x28)", height=168, format="png")
@@ -116,13 +155,13 @@ def build(model: DigitClassifier, about: str) -> gr.Blocks:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", help=f"a .ckpt; default: the one in {BEST_RECORD}")
+    parser.add_argument("--checkpoint", help="a .ckpt; default: the best recorded model")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve your network")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args()
     try:
         model, about = load_model(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
+    except (RecordError, CheckpointError) as e:
         sys.exit(str(e))
     build(model, about).launch(
         server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD

@@ -1,38 +1,49 @@
-"""Shared fixtures: the real `conf/`, composed and shrunk for tests; the real MNIST files."""
+"""Fixtures: the real config shrunk for one test, a real trained model, the real MNIST test
+split; and a guard that the suite leaves nothing in the checkout."""
 
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
-import hdr.config  # noqa: F401  registers the schema that conf/ composes against
+from hdr.config import ROOT
+from tests.helpers import DATA_DIR, quiet_trainer, shrunk_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-# CI and the Makefile set HDR_DATA_DIR; a checkout beside shared/ finds the data without it.
-DATA_DIR = Path(os.environ.get("HDR_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
-
-
-def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
-    """The real root config with `overrides`, as `python -m hdr.train` would see it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides or [], return_hydra_config=True)
+# Python's bytecode caches go to a temporary folder too, for this process and every
+# subprocess, so that the checkout really stays as it was.
+PYCACHE = str(Path(tempfile.gettempdir()) / "hdr-test-pycache")
+os.environ["PYTHONPYCACHEPREFIX"] = PYCACHE
+sys.pycache_prefix = PYCACHE
 
 
-def shrunk_cfg(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
-    """The real config on the real data, writing to `output_dir`, quiet."""
-    cfg = compose_cfg([f"paths.data_dir={DATA_DIR}", *(overrides or [])])
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.trainer.enable_progress_bar = False
-        cfg.trainer.enable_model_summary = False
-    return cfg
+def checkout_files() -> dict[str, tuple[str, int, int]]:
+    """Every untracked, ignored or changed path of the checkout (.venv aside), with its
+    status, size and modification time."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", ".",
+         ":(exclude).venv", ":(exclude)*.egg-info"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    files = {}
+    for line in out.splitlines():
+        status, path = line[:2], line[3:]
+        stat = (ROOT / path).lstat() if (ROOT / path).exists() else None
+        files[path] = (status, stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1)
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Fails the session if any test wrote into the checkout (outputs/ or anywhere else)."""
+    before = checkout_files()
+    yield
+    after = checkout_files()
+    written = sorted(p for p in after if before.get(p) != after[p])
+    assert not written, f"the tests wrote into the checkout: {written}"
 
 
 @pytest.fixture
@@ -40,6 +51,16 @@ def make_cfg(tmp_path):
     """Compose the real config for one test, writing into its tmp_path."""
     yield lambda overrides=None: shrunk_cfg(tmp_path, overrides)
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST, split as training splits it, loaded once for the whole session."""
+    from hdr.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=256, download=False)
+    dm.setup()
+    return dm
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +74,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     L.seed_everything(0)
     dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
     model = DigitClassifier(net={"name": "mlp", "hidden": [1400]}, lr=0.001)
-    trainer = L.Trainer(
-        max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
+    trainer = quiet_trainer(max_epochs=4)
     trainer.fit(model, datamodule=dm)
     path = tmp_path_factory.mktemp("model") / "mlp.ckpt"
     trainer.save_checkpoint(path)

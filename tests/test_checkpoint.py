@@ -5,6 +5,7 @@ import torch
 
 from hdr.checkpoint import CheckpointError, load_model, read_checkpoint
 from hdr.train import train
+from tests.helpers import run_cli
 
 
 class Hostile:
@@ -54,6 +55,24 @@ def test_resuming_from_a_missing_or_mismatched_checkpoint_fails_before_training(
 ):
     with pytest.raises(CheckpointError, match="No checkpoint at"):
         train(make_cfg([f"ckpt_path={tmp_path / 'gone.ckpt'}"]))
-    with pytest.raises(CheckpointError, match="different net") as err:
+    with pytest.raises(CheckpointError, match="was trained with model.net=") as err:
         train(make_cfg(["model=cnn", f"ckpt_path={trained_checkpoint}"]))
     assert ".hydra/overrides.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.optimizer=sgd", "model.optimizer=adam, this run has model.optimizer=sgd"),
+        (
+            "model.scheduler=onecycle",
+            "model.scheduler=none, this run has model.scheduler=onecycle",
+        ),
+    ],
+)
+def test_resuming_with_another_optimizer_or_schedule_is_refused_in_one_line(
+    tmp_path, trained_checkpoint, override, words
+):
+    run = run_cli([f"ckpt_path={trained_checkpoint}", override], tmp_path, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"Error: ckpt_path={trained_checkpoint} was trained with {words}" in run.stderr

@@ -8,7 +8,7 @@ from hdr.augment import random_affine
 from hdr.data import MNISTDataModule
 from hdr.models import build_net
 from hdr.module import DigitClassifier
-from tests.conftest import DATA_DIR
+from tests.helpers import DATA_DIR
 
 AUGMENT = {"rotate": 10, "scale": [0.9, 1.1], "shift": 2}
 

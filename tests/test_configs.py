@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from hdr.config import ConfigError, check
 from hdr.train import train
 from hdr.utils import instantiate_group
-from tests.conftest import CONF
+from tests.helpers import CONF, compose_cfg
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
@@ -34,7 +34,6 @@ def test_option_composes_and_instantiates(make_cfg, group, option):
 
 
 def test_seed_experiment_is_the_student_project():
-    from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["experiment=seed"])
     assert cfg.data.batch_size == 2900
@@ -43,10 +42,18 @@ def test_seed_experiment_is_the_student_project():
     assert cfg.trainer.max_epochs == 100
 
 
-def test_unknown_option_fails_naming_it(make_cfg):
-    with pytest.raises(Exception, match="Could not find 'model/transformer'") as err:
-        make_cfg(["model=transformer"])
-    assert "Available options in 'model'" in str(err.value) and "mlp" in str(err.value)
+@pytest.mark.parametrize("option", ["transformer", "mlp_schema"])
+def test_unknown_option_fails_naming_it_and_the_real_options(make_cfg, option):
+    with pytest.raises(Exception, match=f"Could not find 'model/{option}'") as err:
+        make_cfg([f"model={option}"])
+    assert "Available options in 'model':\n\tcnn\n\tmlp\n" in str(err.value)
+
+
+def test_help_offers_the_real_options_only():
+    run = subprocess.run([sys.executable, "-m", "hdr.train", "--help"], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert "model: cnn, mlp\n" in run.stdout and "data: mnist\n" in run.stdout
+    assert "schema" not in run.stdout.split("== Config ==")[0]
 
 
 def test_console_script_finds_the_config_from_anywhere(tmp_path):
@@ -78,6 +85,11 @@ def test_console_script_finds_the_config_from_anywhere(tmp_path):
         ("experiment=cnn model.augment.scale=[1.1,0.9]", "model.augment.scale=[1.1, 0.9]"),
         ("+model.lrr=0.1", "model.lrr is not a known key: model takes"),
         ("+data.batchsize=10", "data.batchsize is not a known key"),
+        ("torch_threads=0", "torch_threads=0 is not allowed: auto, or a whole number >= 1"),
+        ("torch_threads=many", "torch_threads='many' is not allowed"),
+        ("trainer.max_epochs=ten", "trainer.max_epochs='ten' is not allowed: a whole number"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 is not allowed"),
+        ("sweep.prune=sometimes", "sweep.prune='sometimes' is not allowed: choose one of"),
     ],
 )
 def test_bad_values_are_rejected_before_training_naming_the_key(make_cfg, override, words):

@@ -1,19 +1,16 @@
 """The DataModule on the real MNIST files, and its errors on damaged ones."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torchvision.datasets import MNIST
 
 from hdr.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, to_float
 from hdr.download import RAW_SHA256, DataError, raw_dir, verify_raw_files
-from tests.conftest import DATA_DIR
-
-
-@pytest.fixture(scope="module")
-def mnist() -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=256, download=False)
-    dm.setup()
-    return dm
+from tests.helpers import DATA_DIR
 
 
 def test_real_files_pass_their_checksums():
@@ -100,8 +97,33 @@ def test_missing_file_says_where_and_how(tmp_path):
         MNISTDataModule(data_dir=str(root), download=False).setup()
 
 
-def test_the_shared_folder_is_left_untouched(tmp_path):
-    root = copy_data(tmp_path, ("train-labels-idx1-ubyte", lambda b: b[:100]))
-    with pytest.raises(DataError):
-        MNISTDataModule(data_dir=str(root), download=False).setup()
-    verify_raw_files(DATA_DIR)
+def test_an_empty_folder_names_all_four_files(tmp_path):
+    with pytest.raises(DataError) as err:
+        MNISTDataModule(data_dir=str(tmp_path), download=False).setup()
+    message = str(err.value)
+    assert all(message.count(name) == 2 for name in RAW_SHA256), message  # missing; copy these
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    for download in (True, False):
+        with pytest.raises(DataError, match=f"data folder {tmp_path / 'data'} is a file"):
+            MNISTDataModule(data_dir=str(tmp_path / "data"), download=download).setup()
+
+
+def test_an_empty_read_only_folder_with_download_on_is_named(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    code = (
+        "import sys\nfrom hdr.download import DataError, download\n"
+        "try:\n    download(sys.argv[1], mirrors=['http://127.0.0.1:9/'], timeout=1)\n"
+        "except DataError as e:\n    print(e)\n    sys.exit(3)"
+    )
+    # root writes anywhere: take that power away, as a user without write access has it.
+    as_user = ["setpriv", "--bounding-set=-dac_override"] if os.geteuid() == 0 else []
+    run = subprocess.run([*as_user, sys.executable, "-c", code, str(folder)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 3, run.stderr[-2000:]
+    assert f"Cannot download MNIST into {folder}/MNIST/raw: Permission denied" in run.stdout
+    assert "HDR_DATA_DIR" in run.stdout
+    folder.chmod(0o755)  # so pytest can clean up

@@ -9,7 +9,7 @@ import pytest
 
 from hdr.data import MNISTDataModule
 from hdr.download import RAW_SHA256, DataError, download, raw_dir, verify_raw_files
-from tests.conftest import DATA_DIR
+from tests.helpers import DATA_DIR
 
 SILENT_FOR = 3.0  # seconds the "slow" mirror waits before answering; the client gives up at 0.5
 

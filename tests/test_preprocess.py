@@ -4,38 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from hdr.data import MNISTDataModule
 from hdr.module import DigitClassifier
 from hdr.preprocess import BlankDrawing, read_picture, to_mnist
-from tests.conftest import DATA_DIR
-
-
-@pytest.fixture(scope="module")
-def mnist() -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
-    dm.setup()
-    return dm
-
-
-def redraw(digit: torch.Tensor, canvas: int, size: float, where: str, thick: bool) -> np.ndarray:
-    """An MNIST digit as a person might draw it: black strokes on a transparent RGBA canvas.
-
-    size: the height of the digit's 28x28 frame as a share of the canvas; where: "centre"
-    or "corner"; thick: a brush about a third wider than MNIST's pen.
-    """
-    strokes = (digit[0] > 0.4).float()[None, None]  # the pen's path, without MNIST's grey
-    big = F.interpolate(strokes, scale_factor=12, mode="nearest")  # 336 x 336
-    if thick:
-        big = F.max_pool2d(big, kernel_size=9, stride=1, padding=4)
-    side = round(canvas * size)  # the brush scales with the drawing, as on a real canvas
-    big = F.interpolate(big, size=(side, side), mode="area" if side < 336 else "bilinear")
-    big = big[0, 0].clamp(0, 1).numpy()
-    rgba = np.zeros((canvas, canvas, 4), np.uint8)
-    top = canvas // 20 if where == "corner" else (canvas - side) // 2
-    rgba[top : top + side, top : top + side, 3] = (255 * big).astype(np.uint8)
-    return rgba
+from tests.helpers import BAD_PICTURES, redraw, write_huge, write_pictures
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -119,56 +91,23 @@ def test_trained_mlp_reads_redrawn_digits(mnist, trained_checkpoint):
     assert acc >= 0.97, f"re-drawn {acc:.3f} vs the same digits as MNIST has them {clean:.3f}"
 
 
-def write_pictures(folder, rgba: np.ndarray) -> dict:
-    """A drawn digit saved as a person might upload it: odd modes and formats, good and bad."""
-    paper = Image.fromarray(255 - rgba[..., 3])  # dark digit on white paper, greyscale
-    good = {
-        "grey.png": paper,
-        "rgb.jpg": paper.convert("RGB"),
-        "palette.png": paper.convert("P"),
-        "1-bit.png": paper.point(lambda v: 255 if v > 127 else 0).convert("1"),
-        "16-bit.png": Image.fromarray(np.asarray(paper).astype(np.uint16) * 257),
-        "float.tif": Image.fromarray(np.asarray(paper, np.float32) / 255),
-        "cmyk.jpg": paper.convert("CMYK"),
-        "sketch.png": Image.fromarray(rgba),  # transparent, as the Sketchpad saves
-    }
-    paths = {}
-    for name, im in good.items():
-        im.save(folder / name)
-        paths[name] = folder / name
-    Image.new("RGB", (300, 300), "white").save(folder / "white.png")
-    Image.new("RGB", (300, 300), "black").save(folder / "black.png")
-    Image.new("1", (10_000, 10_000), 1).save(folder / "huge.png")  # 100 Mpx, ~15 kB
-    Image.new("L", (5000, 100), 255).save(folder / "wide.png")
-    (folder / "notes.png").write_text("a shopping list, not a picture")
-    data = (folder / "grey.png").read_bytes()
-    (folder / "cut.png").write_bytes(data[: len(data) // 2])
-    for name in ("white.png", "black.png", "huge.png", "wide.png", "notes.png", "cut.png"):
-        paths[name] = folder / name
-    return paths
-
-
-BAD_PICTURES = {
-    "white.png": "Draw a digit",  # BlankDrawing from to_mnist
-    "black.png": "Draw a digit",
-    "huge.png": "far too large to read: send a picture at most 4096 px a side",
-    "wide.png": "is 5000x100 pixels: send a picture at most 4096 px a side",
-    "notes.png": "is not a picture: send a PNG or JPEG",
-    "cut.png": "is damaged and cannot be decoded",
-}
-
-
-def test_pictures_in_any_mode_become_the_same_digit(mnist, tmp_path):
+@pytest.fixture(scope="module")
+def pictures(mnist, tmp_path_factory) -> dict:
+    """Every kind of upload, good and bad, written once for the module (the 100-megapixel
+    PNG takes a few seconds to make)."""
+    folder = tmp_path_factory.mktemp("pictures")
     drawn = redraw(mnist.splits["test"].images[3], 300, 0.7, "centre", True)
-    paths = write_pictures(tmp_path, drawn)
+    return {**write_pictures(folder, drawn), "huge.png": write_huge(folder / "huge.png")}
+
+
+def test_pictures_in_any_mode_become_the_same_digit(pictures):
+    paths = pictures
     reference = to_mnist(read_picture(paths["grey.png"]))
     for name in [n for n in paths if n not in BAD_PICTURES]:
         assert similarity(to_mnist(read_picture(paths[name])), reference) > 0.97, name
 
 
 @pytest.mark.parametrize("name", BAD_PICTURES)
-def test_bad_pictures_get_a_message(mnist, tmp_path, name):
-    drawn = redraw(mnist.splits["test"].images[3], 300, 0.7, "centre", True)
-    paths = write_pictures(tmp_path, drawn)
+def test_bad_pictures_get_a_message(pictures, name):
     with pytest.raises(ValueError, match=BAD_PICTURES[name]):
-        to_mnist(read_picture(paths[name]))
+        to_mnist(read_picture(pictures[name]))

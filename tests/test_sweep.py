@@ -1,17 +1,27 @@
-"""Hydra multirun sweeps: named studies compose; real tiny sweeps through joblib and Ray."""
+"""Hydra multirun sweeps on real tiny runs: studies compose; joblib, Ray (a local instance and
+a real 2-node cluster) and Optuna; resume after kill -9; pruning; records that survive
+damage; TensorBoard's server reading a sweep."""
 
 import csv
 import json
 import os
+import secrets
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
-from hdr.data import MNISTDataModule
 from hdr.module import DigitClassifier
-from tests.conftest import CONF, DATA_DIR, ROOT, compose_cfg
+from hdr.records import read_best, record_best
+from hdr.sweep import write_leaderboard
+from tests.helpers import CONF, DATA_DIR, ROOT, compose_cfg, free_port
 
 STUDIES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 # A few steps per run; 1e30 makes Adam overflow to NaN on the second step.
@@ -41,42 +51,61 @@ def test_launchers_compose(launcher):
         assert "SlurmLauncher" in cfg.hydra.launcher._target_
 
 
-def sweep(tmp_path, *overrides: str, study: str = "lr") -> tuple[list[dict], str]:
-    """Run a real multirun in a subprocess; return its leaderboard rows and its log."""
-    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
+def test_the_ray_launcher_hands_workers_the_launching_machines_folders(monkeypatch):
+    monkeypatch.setenv("HDR_DATA_DIR", "/data/on/the/launcher")
+    cfg = compose_cfg(["hparams_search=lr", "hydra/launcher=ray"])
+    init = cfg.hydra.launcher.ray.init
+    assert init.object_store_memory is None  # Ray refuses any value when joining a cluster
+    assert init.runtime_env.env_vars.HDR_DATA_DIR == "/data/on/the/launcher"
+    assert str(ROOT / "outputs") == init.runtime_env.env_vars.HDR_LOG_DIR
+
+
+def sweep(
+    log_dir: Path, *overrides: str, study: str = "lr", env: dict | None = None, check=True
+) -> tuple[list[dict], str, Path]:
+    """Run a real multirun in a subprocess; return its leaderboard rows, log and folder."""
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [
         sys.executable, "-m", "hdr.train", f"hparams_search={study}", *TINY, *overrides,
-        f"paths.log_dir={tmp_path}", "+trainer.enable_progress_bar=false",
+        f"paths.log_dir={log_dir}", "+trainer.enable_progress_bar=false",
     ]  # fmt: skip
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
-    (board,) = (tmp_path / f"sweep_{study}" / "multiruns").glob("*/leaderboard.csv")
-    with open(board) as f:
-        return list(csv.DictReader(f)), log
+    if check:
+        assert run.returncode == 0, log[-4000:]
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweep.dir=")]
+    folders = [Path(named[0])] if named else (log_dir / f"sweep_{study}" / "multiruns").iterdir()
+    (folder,) = folders
+    with open(folder / "leaderboard.csv") as f:
+        return list(csv.DictReader(f)), log, folder
+
+
+@pytest.fixture(scope="module")
+def joblib_sweep(tmp_path_factory):
+    """Three runs, two at a time through joblib, one of them diverging."""
+    log_dir = tmp_path_factory.mktemp("joblib")
+    lrs = "model.lr=0.01,1e30,0.001"
+    rows, log, folder = sweep(log_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", lrs)
+    return rows, log, folder, log_dir
 
 
 @pytest.mark.slow
-def test_joblib_sweep_ranks_by_val_acc_and_survives_a_diverging_run(tmp_path):
-    rows, log = sweep(
-        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.lr=0.01,1e30,0.001"
-    )
-    assert "n_jobs=2" in log and "torch threads: 1" in log  # 2 jobs at once, 1 core each
+def test_joblib_sweep_ranks_by_val_acc_and_survives_a_diverging_run(joblib_sweep, mnist):
+    rows, log, sweep_dir, log_dir = joblib_sweep
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert "n_jobs=2" in log and f"torch threads: {threads}" in log  # cores split between 2
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     assert "diverged" in rows[2]["error"] and "1e+30" in rows[2]["overrides"]
     accs = [float(r["val_acc"]) for r in rows[:2]]
     assert accs == sorted(accs, reverse=True) and accs[0] > 0.5
     # The best record points at the top run's checkpoint, which loads and predicts.
-    best = json.loads((tmp_path / "best.json").read_text())
+    best = json.loads((log_dir / "best.json").read_text())
     assert best["checkpoint"] == rows[0]["checkpoint"] and best["val_acc"] == accs[0]
     model = DigitClassifier.load_from_checkpoint(best["checkpoint"], map_location="cpu").eval()
-    dm = MNISTDataModule(data_dir=str(DATA_DIR), download=False)
-    dm.setup()
-    test = dm.splits["test"]
+    test = mnist.splits["test"]
     with torch.inference_mode():
         acc = (model(test.images).argmax(1) == test.targets).float().mean().item()
     assert acc == pytest.approx(float(rows[0]["test_acc"]), abs=1e-4)
-    sweep_dir = next((tmp_path / "sweep_lr" / "multiruns").iterdir())
     assert (sweep_dir / "leaderboard.md").read_text().count("\n| ") == 4  # header + 3 runs
     assert (sweep_dir / "val_acc.png").read_bytes().startswith(b"\x89PNG")
     # Every run logs to its own event folder, so one --logdir shows them side by side.
@@ -84,8 +113,63 @@ def test_joblib_sweep_ranks_by_val_acc_and_survives_a_diverging_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_tensorboards_server_serves_every_runs_curves_images_and_hparams(joblib_sweep):
+    rows, _, sweep_dir, _ = joblib_sweep
+    port = free_port()
+    board = subprocess.Popen(
+        [str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(sweep_dir),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(timeout=30) as http:
+            deadline = time.monotonic() + 120
+            while True:  # until it listens and has read every run
+                try:
+                    runs = http.get(f"{url}/data/runs").json()
+                    if len([r for r in runs if r.endswith("tensorboard")]) == 3:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "tensorboard did not serve the sweep"
+                time.sleep(0.5)
+            ok_runs = [f"{r['run']}/tensorboard" for r in rows if r["status"] == "ok"]
+            for run in ok_runs:
+                params = {"run": run, "tag": "val/acc"}
+                points = http.get(f"{url}/data/plugin/scalars/scalars", params=params).json()
+                assert len(points) == 1 and 0.5 < points[0][2] <= 1  # [time, step, value]
+            images = http.get(f"{url}/data/plugin/images/tags").json()
+            for run in ok_runs:
+                assert {"val/confusion_matrix", "test/confusion_matrix"} <= set(images[run])
+            experiment = http.post(f"{url}/data/plugin/hparams/experiment",
+                                   json={"experimentName": ""}).json()  # fmt: skip
+            hparams = {h["name"] for h in experiment["hparamInfos"]}
+            assert {"model/lr", "data/batch_size", "seed"} <= hparams
+            metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+            assert {"hp/val_acc_best", "hp/test_acc"} <= metrics
+            columns = [{"hparam": "model/lr", "includeInResult": True},
+                       {"metric": {"tag": "hp/val_acc_best", "group": ""},
+                        "includeInResult": True}]  # fmt: skip
+            statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+            groups = http.post(
+                f"{url}/data/plugin/hparams/session_groups",
+                json={"experimentName": "", "startIndex": 0, "sliceSize": 100,
+                      "allowedStatuses": statuses, "colParams": columns},
+            ).json()["sessionGroups"]  # fmt: skip
+            # One row per finished run, with its metric; the diverged run wrote none.
+            rows_by_lr = {g["hparams"]["model/lr"]: g["metricValues"][0]["value"] for g in groups}
+            ok = {float(r["overrides"].split("model.lr=")[1].split()[0]): float(r["val_acc"])
+                  for r in rows if r["status"] == "ok"}  # fmt: skip
+            assert rows_by_lr == pytest.approx(ok)
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
+
+
+@pytest.mark.slow
 def test_ray_sweep_on_a_local_instance(tmp_path):
-    rows, log = sweep(
+    rows, log, _ = sweep(
         tmp_path,
         "hydra/launcher=ray",
         "+hydra.launcher.ray.init.num_cpus=2",
@@ -97,6 +181,44 @@ def test_ray_sweep_on_a_local_instance(tmp_path):
     assert {r["overrides"].split()[0] for r in rows} == {"model.lr=0.01", "model.lr=0.001"}
 
 
+@pytest.mark.slow
+def test_a_sweep_runs_on_a_real_two_node_ray_cluster(tmp_path):
+    """Head and worker started as the README says, on loopback, with token auth; neither
+    node knows HDR_DATA_DIR: the runs learn the folders from the launching machine."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    token = tmp_path / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    cluster_env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
+    cluster_env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port = free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit 107 bytes
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        for cmd in (
+            [ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
+             f"--temp-dir={ray_tmp}", *common],
+            [ray, "start", f"--address=127.0.0.1:{port}", *common],
+        ):  # fmt: skip
+            started = subprocess.run(cmd, env=cluster_env, capture_output=True, text=True,
+                                     timeout=180)  # fmt: skip
+            assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        rows, log, _ = sweep(
+            tmp_path,
+            "hydra/launcher=ray",
+            f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+            "model.lr=0.01,0.003,0.001,0.0003",
+            env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)},
+        )
+        assert [r["status"] for r in rows] == ["ok"] * 4, log[-3000:]
+        nodes = {json.loads((Path(r["dir"]) / "result.json").read_text())["ray_node"]
+                 for r in rows}  # fmt: skip
+        assert len(nodes) == 2  # the runs ran on both nodes
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=cluster_env, capture_output=True,
+                       timeout=120)  # fmt: skip
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def test_rebuilding_the_leaderboard_by_hand_names_a_bad_folder(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "hdr.sweep", str(tmp_path)], capture_output=True, text=True
@@ -105,9 +227,167 @@ def test_rebuilding_the_leaderboard_by_hand_names_a_bad_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_sweep_runs_trials_and_ranks_them(tmp_path):
-    rows, log = sweep(tmp_path, "hydra.sweeper.n_trials=3", study="optuna")
+def test_optuna_sweep_keeps_its_study_in_the_sweep_folder_and_resumes_to_n_trials(tmp_path):
+    args = ("hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 'study'}")
+    rows, log, folder = sweep(tmp_path, *args, study="optuna")
     assert "Study name: hdr_mlp" in log and "Best value:" in log
+    assert (folder / "optuna.db").exists()
     assert len(rows) == 3 and all(r["status"] in ("ok", "failed") for r in rows)
     ok = [float(r["val_acc"]) for r in rows if r["status"] == "ok"]
     assert ok == sorted(ok, reverse=True)
+    # The same command goes on to 4 trials in all: one more, not four.
+    rows, log, _ = sweep(tmp_path, "hydra.sweeper.n_trials=4", args[1], study="optuna")
+    import optuna
+
+    study = optuna.load_study(study_name="hdr_mlp", storage=f"sqlite:///{folder}/optuna.db")
+    assert len(study.trials) == 4
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[bytes, int]]:
+    """A finished run's files that a resume must leave alone, with their mtimes."""
+    parts = [run_dir / "result.json", *(run_dir / "checkpoints").glob("*.ckpt"),
+             *(run_dir / "tensorboard").glob("events.*")]  # fmt: skip
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in parts}
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_part_way_goes_on_where_it_stopped(tmp_path):
+    """kill -9 a 4-run sweep after 2 runs finished and the third saved an epoch; the same
+    command finishes it: the 2 are skipped untouched, the third resumes, the fourth starts."""
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        sys.executable, "-m", "hdr.train", "hparams_search=lr",
+        "model.lr=0.01,0.003,0.001,0.0003", "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=20", "data.batch_size=256", f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep_dir}", "+trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
+    (tmp_path / "best.json").mkdir()  # a damaged record must not stop the sweep either
+    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+        third = next(sweep_dir.glob("2_*"), None)
+        if third is None or not (third / "checkpoints" / "last.ckpt").exists():
+            continue
+        first.send_signal(signal.SIGSTOP)  # freeze, then look: nothing moves meanwhile
+        try:
+            saved = torch.load(third / "checkpoints" / "last.ckpt", weights_only=True)
+            if saved["epoch"] < 2:
+                break
+        except Exception:  # caught mid-write
+            pass
+        first.send_signal(signal.SIGCONT)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finished = sorted(p for p in sweep_dir.glob("[01]_*"))
+    assert [json.loads((p / "result.json").read_text())["status"] for p in finished] == [
+        "ok",
+        "ok",
+    ]
+    assert not (third / "result.json").exists() and not list(sweep_dir.glob("3_*"))
+    before = {p.name: snapshot(p) for p in finished}
+
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-4000:]
+    assert log.count("Finished before (ok") == 2
+    assert f"Resuming from {third / 'checkpoints' / 'last.ckpt'}" in log
+    for p in finished:
+        assert snapshot(p) == before[p.name]  # byte for byte, not even rewritten
+    rows = list(csv.DictReader((sweep_dir / "leaderboard.csv").open()))
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    resumed = json.loads((third / "result.json").read_text())
+    assert resumed["epochs"] == 3
+    assert torch.load(third / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
+    assert "best.json.bad-" in log and read_best(tmp_path / "best.json")["val_acc"] > 0.5
+    assert len(list(tmp_path.glob("best.json.bad-*"))) == 1
+    assert (sweep_dir / "val_acc.png").exists()
+
+
+@pytest.mark.slow
+def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path):
+    args = (
+        "model.lr=0.01,0.003,1e-7,1e-8", "trainer.max_epochs=3", "sweep.prune=median",
+        "callbacks.pruning.startup_runs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )  # fmt: skip
+    rows, log, folder = sweep(tmp_path, *args)
+    statuses = {r["overrides"].split()[0]: r["status"] for r in rows}
+    assert statuses == {
+        "model.lr=0.01": "ok",
+        "model.lr=0.003": "ok",
+        "model.lr=1e-07": "pruned at epoch 1",
+        "model.lr=1e-08": "pruned at epoch 1",
+    }
+    assert all(r["val_acc"] for r in rows)  # pruned runs keep their best so far
+    assert (folder / "pruning.db").exists()
+    assert "1 pruned" not in log and "2 pruned" in log
+    best = read_best(tmp_path / "best.json")
+    assert "1e-0" not in best["overrides"]
+    results = {p: p.read_bytes() for p in folder.glob("*/result.json")}
+    rows, log, _ = sweep(tmp_path, *args)  # the same command again: nothing to train
+    assert log.count("Finished before") == 4 and "Resuming" not in log
+    assert {p: p.read_bytes() for p in folder.glob("*/result.json")} == results
+
+
+@pytest.mark.parametrize(
+    "damage, set_aside",
+    [
+        (lambda p: p.write_text("{not json"), True),
+        (lambda p: p.write_text(""), True),
+        (lambda p: p.mkdir(), True),
+        # Intact but read-only, naming a checkpoint that is gone: replaced in place.
+        (
+            lambda p: (
+                p.write_text('{"checkpoint": "gone.ckpt", "val_acc": 0.99}'),
+                p.chmod(0o444),
+            ),
+            False,
+        ),  # fmt: skip
+    ],
+    ids=["invalid", "empty", "directory", "read-only"],
+)
+def test_a_damaged_best_record_is_set_aside_and_replaced(tmp_path, damage, set_aside, caplog):
+    record = tmp_path / "best.json"
+    damage(record)
+    row = {"status": "ok", "checkpoint": str(tmp_path / "x.ckpt"), "val_acc": 0.9,
+           "test_acc": 0.89, "overrides": "model.lr=0.01", "dir": str(tmp_path)}  # fmt: skip
+    entry = record_best([row], record)
+    assert entry["val_acc"] == 0.9 and read_best(record) == entry
+    aside = list(tmp_path.glob("best.json.bad-*"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(aside) == len(warnings) == int(set_aside)
+    if set_aside:  # one line: which file, what is wrong, where it went
+        assert str(record) in warnings[0] and "damaged" in warnings[0]
+        assert aside[0].name in warnings[0]
+
+
+def test_a_finished_run_with_a_damaged_record_exits_0_and_repairs_it(tmp_path):
+    (tmp_path / "best.json").write_text("{not json")
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "hdr.train", *TINY, "+trainer.limit_val_batches=1",
+           "+trainer.limit_test_batches=1", "+trainer.enable_progress_bar=false"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    warnings = [line for line in run.stdout.splitlines() if "best.json.bad-" in line]
+    assert len(warnings) == 1 and "is damaged" in warnings[0]
+    assert read_best(tmp_path / "best.json")["checkpoint"].endswith(".ckpt")
+
+
+def test_leaderboard_md_keeps_one_line_per_run_whatever_the_error(tmp_path):
+    rows = [
+        {"rank": 1, "run": "0_a", "overrides": "model.lr=1", "val_acc": None, "test_acc": None,
+         "epochs": 0, "seconds": 0.8, "status": "failed",
+         "error": "ValueError: line one\nline two | with a pipe\n\nline four",
+         "checkpoint": "", "dir": "x"},
+        {"rank": 2, "run": "1_b", "overrides": "model.lr=2", "val_acc": 0.9, "test_acc": 0.8,
+         "epochs": 1, "seconds": 12.5, "status": "ok", "error": "", "checkpoint": "", "dir": "y"},
+    ]  # fmt: skip
+    board = write_leaderboard(tmp_path, rows).read_text().splitlines()
+    assert len(board) == 4 and board[2].endswith("failed: ValueError: line one line two / with "
+                                                 "a pipe line four |")  # fmt: skip
+    assert "| 0.8 |" in board[2] and "| 90.00 | 80.00 | 1 | 12.5 |" in board[3]
+    with open(tmp_path / "leaderboard.csv") as f:
+        assert list(csv.DictReader(f))[0]["error"] == rows[0]["error"]  # whole in the CSV

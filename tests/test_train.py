@@ -1,8 +1,11 @@
 """Real training on real MNIST: accuracy, checkpoints, TensorBoard events, DDP on CPU."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import lightning as L
 import pytest
@@ -13,7 +16,7 @@ from tensorboard.util.tensor_util import make_ndarray
 from hdr.module import DigitClassifier
 from hdr.plots import read_scalars
 from hdr.train import train
-from tests.conftest import DATA_DIR, ROOT, shrunk_cfg
+from tests.helpers import DATA_DIR, ROOT, run_cli, shrunk_cfg
 
 # A few hundred steps of the seed MLP at a small batch: enough for >90% in seconds.
 SHORT_RUN = [
@@ -136,27 +139,59 @@ def test_fast_dev_run_goes_through_every_stage(make_cfg):
 
 @pytest.mark.slow
 def test_ddp_sim_trains_with_two_cpu_processes(tmp_path):
-    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable, "-m", "hdr.train", "trainer=ddp_sim", "+trainer.max_steps=4",
-        "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "data.batch_size=64",
-        "+trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}",
+    args = [
+        "trainer=ddp_sim", "+trainer.max_steps=4", "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1", "data.batch_size=64", f"hydra.run.dir={tmp_path / 'run'}",
     ]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = run_cli(args, tmp_path, timeout=300)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert "Test accuracy" in log
+
+
+def test_our_commands_print_none_of_lightnings_start_up_noise(tmp_path):
+    run = run_cli(["debug=fdr"], tmp_path, timeout=120)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "GPU available" in log  # Lightning's own lines still show...
+    assert "litlogger" not in log and "LeafSpec" not in log  # ...but not these two
+
+
+def test_two_runs_started_together_get_a_folder_each(tmp_path):
+    args = ["debug=fdr", "trainer.fast_dev_run=2"]
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hdr.train", *args, "+trainer.enable_progress_bar=false"],
+            cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    assert [r.wait(timeout=300) for r in runs] == [0, 0]
+    folders = sorted((tmp_path / "debug" / "runs").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        assert json.loads((folder / "result.json").read_text())["status"] == "ok"
+        assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    pids = {json.loads((f / "result.json").read_text())["pid"] for f in folders}
+    assert len(pids) == 2  # each folder holds its own run's record
+
+
+def test_a_run_refuses_a_folder_that_holds_another_runs_result(tmp_path):
+    first = run_cli(["debug=fdr", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = (tmp_path / "run" / "result.json").read_bytes()
+    again = run_cli(["debug=fdr", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120)
+    assert again.returncode == 1 and "already holds a run that ended (ok)" in again.stderr
+    assert (tmp_path / "run" / "result.json").read_bytes() == before
 
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_last_ckpt_and_finishes(tmp_path):
-    import json
-    import signal
-    import time
-
-    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR)}
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
     common = [
         sys.executable, "-m", "hdr.train", "trainer.max_epochs=4", "data.batch_size=64",
         "+trainer.limit_train_batches=150", "+trainer.enable_progress_bar=false",
@@ -167,11 +202,15 @@ def test_a_killed_run_resumes_from_last_ckpt_and_finishes(tmp_path):
     killed_at = None
     while killed_at is None and first.poll() is None and time.time() < deadline:
         time.sleep(0.1)
-        try:  # kill right after the first complete last.ckpt, long before the next one
+        if not last.exists():
+            continue
+        # Freeze the run before reading, so no newer last.ckpt can land before the kill.
+        first.send_signal(signal.SIGSTOP)
+        try:
             saved = torch.load(last, map_location="cpu", weights_only=True)
             killed_at, best_before = saved["epoch"], saved["val_acc_best"]
-        except Exception:
-            continue
+        except Exception:  # caught mid-write: let it finish the file
+            first.send_signal(signal.SIGCONT)
     first.send_signal(signal.SIGKILL)  # as hard as a power cut: no clean-up runs
     first.wait()
     assert killed_at is not None and killed_at < 3

@@ -1,10 +1,12 @@
 """Reading checkpoints as data only (weights_only: no pickled code runs), with clear errors."""
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hdr.models import build_net
 from hdr.module import DigitClassifier
 
 
@@ -17,16 +19,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"No checkpoint at {path}. Runs keep theirs in "
-            "outputs/<task>/runs/<date>_<time>/checkpoints/ (best: outputs/best.json)."
+            f"No checkpoint at {path}. Each run keeps its own in its folder's checkpoints/ "
+            "(the best so far is named in paths.best_record, outputs/best.json)."
         )
     try:  # weights_only: tensors and primitives only; a checkpoint is data, never code to run
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(
-            f"Cannot read {path}: it is damaged (e.g. a copy cut short) or not a PyTorch "
-            f"checkpoint ({type(e).__name__}: {str(e)[:200]})."
-        ) from e
+        # torch's own message ends in advice to unpickle with weights_only=False: never ours.
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = (
+            f"it holds code ({code.group(1)}), which is never run: use a checkpoint that "
+            "hdr.train wrote"
+            if code
+            else "it is damaged (e.g. a copy cut short) or not a PyTorch checkpoint"
+        )
+        raise CheckpointError(f"Cannot read {path}: {why}.") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "net" not in hparams or "state_dict" not in ckpt:
         raise CheckpointError(
@@ -38,7 +45,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path) -> DigitClassifier:
     """The model saved at `path`, in eval mode on the CPU."""
-    read_checkpoint(path)
+    ckpt = read_checkpoint(path)
+    broken = [
+        k
+        for k, t in ckpt["state_dict"].items()
+        if t.is_floating_point() and not t.isfinite().all()
+    ]
+    if broken:
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}): the run that "
+            "wrote it diverged. Use another checkpoint, or train again with a lower model.lr."
+        )
     try:
         model = DigitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as e:  # e.g. weights that do not fit the net its hparams describe
@@ -47,12 +64,20 @@ def load_model(path: str | Path) -> DigitClassifier:
     return model.eval()
 
 
-def check_resumable(path: str | Path, net: dict[str, Any]) -> None:
-    """Fail early, and say why, if `path` cannot resume a run that builds `net`."""
-    saved = read_checkpoint(path)["hyper_parameters"]["net"]
-    if dict(saved) != dict(net):
-        raise CheckpointError(
-            f"ckpt_path={path} holds a different net ({saved}) from this run's model.net "
-            f"({dict(net)}). Resume with the same overrides as the run that wrote it (its "
-            ".hydra/overrides.yaml lists them)."
+def check_resumable(path: str | Path, model: dict[str, Any]) -> None:
+    """Fail early, and say why, if `path` cannot resume a run whose config is `model`:
+    the net, the optimizer and the schedule must be those it was trained with."""
+    saved = read_checkpoint(path)["hyper_parameters"]
+    for key in ("net", "optimizer", "scheduler"):
+        # Nets compare by what they build: a description may leave defaults out.
+        same = (
+            repr(build_net(**saved["net"])) == repr(build_net(**model["net"]))
+            if key == "net"
+            else saved.get(key) == model.get(key)
         )
+        if not same:
+            raise CheckpointError(
+                f"ckpt_path={path} was trained with model.{key}={saved.get(key)}, this run "
+                f"has model.{key}={model.get(key)}. Resume with the same {key} (the overrides "
+                "of the run that wrote it are in its .hydra/overrides.yaml)."
+            )

@@ -8,6 +8,7 @@ says what is allowed.
 
 import math
 from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -15,6 +16,15 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from hdr.models import ACTIVATIONS
 from hdr.module import OPTIMIZERS, SCHEDULERS
+from hdr.prune import PRUNERS
+from hdr.utils import cpu_precision
+
+# conf/ sits at the top of the checkout (an editable install), not inside the package; the
+# default folders for data and outputs hang off the checkout too, wherever you start from.
+ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = str(ROOT / "conf")
+OmegaConf.register_new_resolver("hdr.root", lambda: str(ROOT), replace=True)
+OmegaConf.register_new_resolver("hdr.cpu_precision", cpu_precision, replace=True)
 
 
 class ConfigError(ValueError):
@@ -140,17 +150,39 @@ class Data:
         _require(self.timeout > 0, "data.timeout", self.timeout, "seconds, > 0")
 
 
+# Stored outside the `model` and `data` groups, so Hydra never offers them as options.
 cs = ConfigStore.instance()
-cs.store(group="model", name="mlp_schema", node=MLPModel)
-cs.store(group="model", name="cnn_schema", node=CNNModel)
-cs.store(group="data", name="mnist_schema", node=Data)
+cs.store(name="schema_model_mlp", node=MLPModel)
+cs.store(name="schema_model_cnn", node=CNNModel)
+cs.store(name="schema_data_mnist", node=Data)
+
+# The trainer group stays open (any Trainer keyword may be added with +trainer.KEY=...), so
+# the keys people set most are checked by hand: (type, smallest value, example).
+TRAINER_INTS = {
+    "max_epochs": (-1, "10 (-1: no limit)"),
+    "min_epochs": (0, "1"),
+    "max_steps": (-1, "1000 (-1: no limit)"),
+    "check_val_every_n_epoch": (1, "1"),
+    "log_every_n_steps": (1, "10"),
+    "accumulate_grad_batches": (1, "1"),
+}
 
 
 def check(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first key of `data` or `model` that is not allowed."""
+    """Raise ConfigError naming the first key that is not allowed: every key of `data` and
+    `model`, the trainer's counts, torch_threads and the sweep settings."""
     for group in ("data", "model"):
         _no_unknown_keys(cfg[group], group)
         OmegaConf.to_object(cfg[group])  # builds the schema's dataclasses: __post_init__ checks
+    for key, (least, example) in TRAINER_INTS.items():
+        value = cfg.trainer.get(key)
+        ok = value is None or (type(value) is int and value >= least)
+        _require(ok, f"trainer.{key}", value, f"a whole number >= {least}, e.g. {example}")
+    threads = cfg.get("torch_threads")
+    ok = threads in (None, "auto") or (type(threads) is int and threads >= 1)
+    _require(ok, "torch_threads", threads, "auto, or a whole number >= 1 of threads per run")
+    if "sweep" in cfg:
+        _choice("sweep.prune", cfg.sweep.prune, PRUNERS)
 
 
 def _no_unknown_keys(node: Any, prefix: str) -> None:

@@ -9,7 +9,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import MNIST
 
-from hdr.download import MIRRORS, RAW_SHA256, download, raw_dir, verify_raw_files
+from hdr.download import (
+    MIRRORS,
+    RAW_SHA256,
+    check_data_dir,
+    download,
+    raw_dir,
+    verify_raw_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.splits: dict[str, TensorImages] = {}
 
     def prepare_data(self) -> None:
+        check_data_dir(self.data_dir)
         missing = [n for n in RAW_SHA256 if not (raw_dir(self.data_dir) / n).is_file()]
         if missing and self.hparams.download:
             log.info("Downloading MNIST into %s", raw_dir(self.data_dir))

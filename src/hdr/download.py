@@ -35,16 +35,29 @@ def raw_dir(root: str | Path) -> Path:
     return Path(root).expanduser().resolve() / "MNIST" / "raw"
 
 
+def check_data_dir(root: str | Path) -> None:
+    """The data folder must be a folder (or not exist yet): say so before anything else."""
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"The data folder {root} is a file, not a folder. Point HDR_DATA_DIR (or "
+            "data.data_dir=...) at the folder that holds MNIST/raw/."
+        )
+
+
 def verify_raw_files(root: str | Path) -> None:
     """Check the four raw IDX files against their published SHA-256, naming any bad file."""
+    check_data_dir(root)
     folder = raw_dir(root)
+    missing = [name for name in RAW_SHA256 if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"MNIST files missing in {folder}: {', '.join(missing)}. Set data.download=true "
+            "on a machine with internet, or provide them. "
+            + PROVIDE.format(names=", ".join(RAW_SHA256), folder=folder)
+        )
     for name, expected in RAW_SHA256.items():
         path = folder / name
-        if not path.is_file():
-            raise DataError(
-                f"MNIST file missing: {path}. Set data.download=true on a machine with "
-                "internet, or provide the files. " + PROVIDE.format(names=name, folder=folder)
-            )
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != expected:
             raise DataError(
@@ -61,8 +74,19 @@ def download(root: str | Path, mirrors: Sequence[str] = MIRRORS, timeout: float 
     interrupted, truncated or wrong download leaves nothing behind. `timeout` is how long a
     mirror may stay silent (connecting or mid-file) before the next one is tried.
     """
+    check_data_dir(root)
     folder = raw_dir(root)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise DataError(
+            f"Cannot download MNIST into {folder}: {e.strerror or e}. Point HDR_DATA_DIR (or "
+            "data.data_dir=...) at a folder you can write to, or at one that already holds "
+            "MNIST/raw/. " + PROVIDE.format(names=", ".join(RAW_SHA256), folder=folder)
+        ) from None
     for name, expected in RAW_SHA256.items():
         target = folder / name
         if target.is_file():

@@ -5,6 +5,7 @@ centred in 28x28 by their centre of mass. Doing the same to a sketch is what let
 trained on MNIST read it, whatever the canvas size and wherever the digit was drawn.
 """
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,22 +28,36 @@ class BlankDrawing(ValueError):
 def ink(image: Any) -> np.ndarray:
     """A sketch or picture -> float [H, W] in [0, 1], 1 where there is ink.
 
-    Takes a Gradio Sketchpad value (a dict with "composite"), or an array that is greyscale
-    [H, W], RGB or RGBA [H, W, 3|4], of any integer or float type. Transparent pixels count
-    as paper. Dark ink on light paper and light ink on dark paper both work: the paper is
-    whatever colour the border mostly is.
+    Takes a Gradio Sketchpad value (a dict with "composite", else its "layers" are
+    flattened), or an array that is greyscale [H, W], RGB or RGBA [H, W, 3|4], of any integer
+    or float type. Transparent pixels count as paper. Dark ink on light paper and light ink
+    on dark paper both work: the paper is whatever colour the border mostly is.
     """
     if isinstance(image, dict):
-        image = image.get("composite")
-        if image is None:
+        if image.get("composite") is not None:
+            return ink(image["composite"])
+        layers = [ink(layer) for layer in image.get("layers") or [] if layer is not None]
+        if not layers:
             raise BlankDrawing("Draw a digit")
+        if len({layer.shape for layer in layers}) > 1:
+            raise ValueError("The drawing's layers differ in size: send its composite instead.")
+        return np.maximum.reduce(layers)  # ink on any layer is ink
     a = np.asarray(image)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4)):
         raise ValueError(f"Expected a greyscale, RGB or RGBA image, got an array of {a.shape}.")
     if a.size == 0:
         raise BlankDrawing("Draw a digit")
+    if a.dtype.kind not in "fiub":
+        raise ValueError(f"Expected image pixels as numbers, got {a.dtype}.")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(
+            "The picture holds NaN or infinite pixel values: save it as an ordinary 8-bit "
+            "PNG or JPEG."
+        )
+    if a.dtype.kind == "b":  # a mask: True is ink's colour, as white is
+        a = a.astype(np.uint8) * 255
     scale = 1.0 if a.dtype.kind == "f" else float(np.iinfo(a.dtype).max)
-    a = a.astype(np.float32) / scale
+    a = np.clip(a.astype(np.float32) / scale, 0, 1)
     if a.ndim == 2:
         grey, alpha = a, None
     else:
@@ -93,18 +108,22 @@ def to_mnist(image: Any) -> torch.Tensor:
     return out[None, None]
 
 
-def read_picture(path: str | Path) -> np.ndarray:
-    """An uploaded picture file -> an array `ink` reads: uint8 L, LA, RGB or RGBA, or float.
+def read_picture(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """A picture file (a path, or its bytes) -> an array `ink` reads: uint8 L, LA, RGB or
+    RGBA, or float.
 
-    Raises ValueError with what is wrong and what to do: not a picture, damaged, too large.
-    Palette, 1-bit, 16-bit, 32-bit float, CMYK and other colour spaces are converted.
+    Raises ValueError with what is wrong and what to do: not a picture, damaged, too large
+    (checked from the header, before any pixel is decoded). Palette, 1-bit, 16-bit, 32-bit
+    float, CMYK and other colour spaces are converted.
     """
-    name = Path(path).name
+    if isinstance(source, bytes | bytearray | memoryview):
+        name, source = name or "the drawing", io.BytesIO(source)
+    name = name or Path(source).name
     try:
         # Pillow only warns below 2x its pixel limit; refuse such a bomb before decoding it.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(
             f"{name} is far too large to read: send a picture at most {MAX_SIDE} px a side."
@@ -129,8 +148,8 @@ def read_picture(path: str | Path) -> np.ndarray:
             return np.asarray(im.convert("L") if im.mode == "1" else im)
         if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit greyscale, as PNG has it
             return np.clip(np.asarray(im, np.float32) / 65535, 0, 1)
-        if im.mode == "F":
-            return np.clip(np.asarray(im, np.float32), 0, 1)
+        if im.mode == "F":  # `ink` refuses NaN and inf, and clips the rest to [0, 1]
+            return np.asarray(im, np.float32)
         if im.mode in ("P", "PA"):  # a palette may hold transparency
             return np.asarray(im.convert("RGBA"))
         return np.asarray(im.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, ...

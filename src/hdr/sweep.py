@@ -1,11 +1,11 @@
 """After a sweep: leaderboard (CSV, Markdown), best-checkpoint record, one-variable study plot.
 
 Runs automatically at the end of every multirun (a Hydra callback), and by hand on any sweep
-folder: `python -m hdr.sweep outputs/train/multiruns/<date>_<time>`.
+folder: `python -m hdr.sweep outputs/sweep_lr/multiruns/<date>_<time>`.
 """
 
 import csv
-import json
+import io
 import logging
 import math
 import sys
@@ -14,22 +14,15 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from hdr.plots import read_scalars, study_figure
+from hdr.records import read_result, record_best, write_atomic
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"  # written by every run into its own folder
-BEST_RECORD = Path("outputs") / "best.json"  # the app loads the checkpoint named here
 COLUMNS = ["rank", "run", "overrides", "val_acc", "test_acc", "epochs", "seconds", "status"]
-
-
-def write_result(output_dir: str | Path, **fields: Any) -> None:
-    """Record how a run ended, for the leaderboard."""
-    path = Path(output_dir) / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fields, indent=2, default=str))
+PERCENT = {"val_acc", "test_acc"}  # shown as percentages in leaderboard.md
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -43,9 +36,11 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"No sweep folder {sweep_dir}: give a folder under outputs/.")
     rows = []
     for run_dir in sorted(p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()):
-        result_path = run_dir / RESULT_FILE
         # A run killed from outside (out of memory, Ctrl-C) leaves no result file.
-        result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        result = read_result(run_dir) or {}
+        status = result.get("status", "no result (killed?)")
+        if status == "pruned":
+            status = f"pruned at epoch {result.get('pruned_at')}"
         rows.append(
             {
                 "run": run_dir.name,
@@ -54,7 +49,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 "test_acc": result.get("test_acc"),
                 "epochs": result.get("epochs"),
                 "seconds": result.get("seconds"),
-                "status": result.get("status", "no result (killed?)"),
+                "status": status,
                 "error": result.get("error", ""),
                 "checkpoint": result.get("checkpoint", ""),
                 "dir": str(run_dir.resolve()),
@@ -62,8 +57,11 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         )
 
     def key(row: dict) -> tuple:
-        ok = row["status"] == "ok" and row["val_acc"] is not None and math.isfinite(row["val_acc"])
-        return (not ok, -(row["val_acc"] or 0.0) if ok else 0.0, row["run"])
+        # Finished runs first, then pruned ones (by their best so far), then the rest.
+        group = 0 if row["status"] == "ok" else 1 if row["status"].startswith("pruned") else 2
+        acc = row["val_acc"]
+        scored = group < 2 and isinstance(acc, float) and math.isfinite(acc)
+        return (group if scored else 2, -acc if scored else 0.0, row["run"])
 
     rows.sort(key=key)
     for rank, row in enumerate(rows, 1):
@@ -71,50 +69,39 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{100 * value:.2f}" if value <= 1 else f"{value:.1f}"
-    return "" if value is None else str(value)
+def _fmt(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if column in PERCENT and isinstance(value, float):
+        return f"{100 * value:.2f}"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def write_leaderboard(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """leaderboard.csv (every field) and leaderboard.md (accuracies in %) in the sweep folder."""
+    """leaderboard.csv (every field, errors whole) and leaderboard.md (accuracies in %, one
+    line per run) in the sweep folder."""
     sweep_dir = Path(sweep_dir)
-    with open(sweep_dir / "leaderboard.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "error", "checkpoint", "dir"])
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=[*COLUMNS, "error", "checkpoint", "dir"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(sweep_dir / "leaderboard.csv", table.getvalue())
     varying = set(swept_keys(rows))
     lines = [
         "| rank | run | swept values | val acc % | test acc % | epochs | seconds | status |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
-        cells = [_fmt(row[c]) for c in COLUMNS]
+        cells = [_fmt(c, row[c]) for c in COLUMNS]
         swept = [o for o in row["overrides"].split() if o.partition("=")[0] in varying]
         cells[2] = f"`{' '.join(swept)}`" if swept else ""
-        if row["error"]:
-            cells[-1] += f": {row['error'][:120]}"
+        if row["error"]:  # one line, whatever the message holds; the CSV keeps it whole
+            error = " ".join(str(row["error"]).split()).replace("|", "/")
+            cells[-1] += f": {error[:120]}"
         lines.append("| " + " | ".join(cells) + " |")
     path = sweep_dir / "leaderboard.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
-
-
-def record_best(rows: list[dict[str, Any]], record: Path = BEST_RECORD) -> dict | None:
-    """Point `outputs/best.json` at this sweep's best checkpoint if it beats the one recorded."""
-    best = next((r for r in rows if r["status"] == "ok" and r["checkpoint"]), None)
-    if best is None:
-        return None
-    if record.exists():
-        current = json.loads(record.read_text())
-        still_there = Path(current.get("checkpoint", "")).exists()
-        if still_there and current.get("val_acc", 0) >= best["val_acc"]:
-            return current
-    entry = {k: best[k] for k in ("checkpoint", "val_acc", "test_acc", "overrides", "dir")}
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(entry, indent=2))
-    return entry
 
 
 def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -148,7 +135,7 @@ def write_study_plot(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path 
     return path
 
 
-def summarize(sweep_dir: str | Path, record: Path = BEST_RECORD) -> list[dict[str, Any]]:
+def summarize(sweep_dir: str | Path, record: str | Path) -> list[dict[str, Any]]:
     """Leaderboard, best record and study plot for one sweep folder."""
     rows = collect(sweep_dir)
     if not rows:
@@ -156,8 +143,9 @@ def summarize(sweep_dir: str | Path, record: Path = BEST_RECORD) -> list[dict[st
     board = write_leaderboard(sweep_dir, rows)
     best = record_best(rows, record)
     plot = write_study_plot(sweep_dir, rows)
-    failed = sum(r["status"] != "ok" for r in rows)
-    log.info("Leaderboard (%d runs, %d failed): %s", len(rows), failed, board)
+    pruned = sum(r["status"].startswith("pruned") for r in rows)
+    failed = sum(r["status"] != "ok" for r in rows) - pruned
+    log.info("Leaderboard (%d runs, %d pruned, %d failed): %s", len(rows), pruned, failed, board)
     if plot:
         log.info("Study plot: %s", plot)
     if best:
@@ -165,11 +153,42 @@ def summarize(sweep_dir: str | Path, record: Path = BEST_RECORD) -> list[dict[st
     return rows
 
 
-class LeaderboardCallback(Callback):
-    """Hydra callback: summarize every multirun when its last job has ended."""
+def finished_trials(url: str, study_name: str) -> int:
+    """How many trials of a stored Optuna study have ended (complete, pruned or failed)."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return 0  # a new sweep: no database yet, and none made here
+    import optuna
 
-    def __init__(self, best_record: str = str(BEST_RECORD)) -> None:
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(study_name))
+    except KeyError:  # no such study yet
+        return 0
+    finally:  # let go of the database before the sweeper opens it: SQLite locks it
+        storage.remove_session()
+        storage.engine.dispose()
+    return sum(t.state.is_finished() for t in trials)
+
+
+class SweepCallback(Callback):
+    """Hydra callback around every multirun. Before it: make the sweep folder (the Optuna
+    studies live there), and count the trials a stored Optuna study already ran into
+    n_trials, so the same command resumes it to n_trials in all. After it: the leaderboard,
+    the best record and the study plot."""
+
+    def __init__(self, best_record: str) -> None:
         self.best_record = Path(best_record)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        sweeper = config.hydra.sweeper
+        if sweeper.get("storage") and "n_trials" in sweeper:
+            done = finished_trials(sweeper.storage, sweeper.study_name)
+            if done:
+                log.info("Resuming study %s: %d of %d trials done.", sweeper.study_name, done,
+                         sweeper.n_trials)  # fmt: skip
+                with read_write(sweeper):
+                    sweeper.n_trials = max(0, sweeper.n_trials - done)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize(config.hydra.sweep.dir, self.best_record)
@@ -178,9 +197,15 @@ class LeaderboardCallback(Callback):
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m hdr.sweep SWEEP_DIR   (e.g. outputs/train/multiruns/<date>)")
+        sys.exit("usage: python -m hdr.sweep SWEEP_DIR   (e.g. outputs/sweep_lr/multiruns/<date>)")
+    from hydra import compose, initialize_config_dir
+
+    from hdr.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        record = compose("train").paths.best_record
     try:
-        summarize(sys.argv[1])
+        summarize(sys.argv[1], record)
     except FileNotFoundError as e:
         sys.exit(str(e))
     print((Path(sys.argv[1]) / "leaderboard.md").read_text())

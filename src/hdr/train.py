@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,12 +18,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from hdr.checkpoint import CheckpointError, check_resumable
-from hdr.config import ConfigError, check
+from hdr.checkpoint import CheckpointError, check_resumable, read_checkpoint
+from hdr.config import CONF_DIR, ConfigError, check
 from hdr.download import DataError
 from hdr.plots import accuracy_figure, confusion_matrix_figure, mistakes_figure, read_scalars
-from hdr.sweep import record_best, write_result
-from hdr.utils import instantiate_group
+from hdr.prune import Pruning
+from hdr.records import FINISHED, RecordError, read_result, record_best, write_result
+from hdr.utils import instantiate_group, quiet_lightning
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +49,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("train"):
         resume = cfg.get("ckpt_path")
         if resume:
-            check_resumable(resume, OmegaConf.to_container(cfg.model.net))
+            check_resumable(resume, OmegaConf.to_container(cfg.model))
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    pruned_at = next((c.pruned_at for c in callbacks if isinstance(c, Pruning)), None)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if cfg.get("test"):
+    if cfg.get("test") and pruned_at is None:  # a pruned run is not worth testing
         if not best:
             log.warning("No best checkpoint: testing the weights as they are now.")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     result = {
-        "status": "ok",
+        "status": "ok" if pruned_at is None else "pruned",
+        "pruned_at": pruned_at,
         "val_acc": metrics.get("val/acc_best"),
         "test_acc": metrics.get("test/acc"),
         "epochs": trainer.current_epoch,
@@ -68,7 +72,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     }
     if trainer.is_global_zero:
         report(cfg, model, loggers, metrics)
-        write_result(cfg.paths.output_dir, **result)
+        write_result(cfg.paths.output_dir, **result, overrides=task_overrides())
     return metrics, {
         "result": result,
         "cfg": cfg,
@@ -144,32 +148,80 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
-# Errors in what the user gave (config, data, checkpoint), reported without a stack trace.
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+# Errors in what the user gave, reported in one line without a stack trace.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RecordError)
 
-# conf/ sits at the top of the checkout (an editable install), not inside the package.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+def task_overrides() -> list[str]:
+    """This run's command-line overrides: what makes it this run and not another."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def resume_point(out: Path, sweeping: bool) -> tuple[str, Any]:
+    """What to do in this run's folder: ("start", None), ("resume", last.ckpt) or, in a
+    sweep that comes back to a finished (or pruned) run, ("skip", its result)."""
+    result = read_result(out)
+    if result is not None and result.get("overrides", task_overrides()) != task_overrides():
+        raise RecordError(
+            f"{out} holds another run ({' '.join(result['overrides'])}): give this one a "
+            "new folder (hydra.run.dir / hydra.sweep.dir)."
+        )
+    if result is not None and not sweeping:
+        raise RecordError(
+            f"{out} already holds a run that ended ({result.get('status')}): leave "
+            "hydra.run.dir out for a new folder, or resume from its checkpoints/last.ckpt "
+            "with ckpt_path=..."
+        )
+    if result is not None and result.get("status") in FINISHED:
+        return "skip", result
+    last = out / "checkpoints" / "last.ckpt"
+    if result is None and last.exists():  # killed part-way: go on from its last epoch
+        try:
+            read_checkpoint(last)
+            return "resume", last
+        except CheckpointError as e:
+            log.warning("%s Starting this run again.", e)
+    if sweeping:  # what a failed or killed attempt left would mix with the new one's
+        for part in ("checkpoints", "tensorboard"):
+            shutil.rmtree(out / part, ignore_errors=True)
+    return "start", None
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_lightning()
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    out = Path(cfg.paths.output_dir)
+    try:
+        action, detail = resume_point(out, sweeping)
+    except RecordError as e:  # another run's folder: record nothing in it
+        if sweeping:
+            log.error("Run not started, the sweep goes on: %s", e)
+            return math.nan
+        sys.exit(f"Error: {e}")
+    if action == "skip":
+        log.info("Finished before (%s, val acc %s): skipped.", detail["status"], detail["val_acc"])
+        return detail.get("val_acc")
+    if action == "resume":
+        log.info("Resuming from %s", detail)
+        cfg.ckpt_path = str(detail)
     try:
         metrics, objects = train(cfg)
     except Exception as e:
-        write_result(cfg.paths.output_dir, status="failed", error=f"{type(e).__name__}: {e}")
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        write_result(out, status="failed", error=f"{type(e).__name__}: {e}",
+                     overrides=task_overrides())  # fmt: skip
+        if not sweeping:
             if isinstance(e, USER_ERRORS):  # the message says what to fix; a trace adds noise
                 sys.exit(f"Error: {e}")
             raise
         # In a sweep one failed run must not stop or hide the others: record it, go on.
         log.error("Run failed, the sweep goes on: %s: %s", type(e).__name__, e)
         return math.nan  # a sweeper reads NaN as a failed trial
-    if HydraConfig.get().mode == RunMode.RUN and objects["trainer"].is_global_zero:
+    if not sweeping and objects["trainer"].is_global_zero:
         # A sweep records its best when it ends; a single run competes on its own.
-        overrides = " ".join(HydraConfig.get().overrides.task)
-        row = {**objects["result"], "overrides": overrides, "dir": cfg.paths.output_dir}
-        if row["checkpoint"] and row["val_acc"] is not None:
-            record_best([row], Path(cfg.paths.log_dir) / "best.json")
+        overrides = " ".join(task_overrides())
+        row = {**objects["result"], "overrides": overrides, "dir": str(out)}
+        record_best([row], cfg.paths.best_record)
     return metrics.get(cfg.get("optimized_metric"))  # what a sweeper maximises
 
 

@@ -1,0 +1,43 @@
+"""Re-make docs/tensorboard_hparams.png: TensorBoard's HPARAMS table for one sweep.
+
+.venv/bin/python docs/tensorboard_screenshot.py SWEEP_DIR
+
+Starts `tensorboard --logdir SWEEP_DIR` on loopback, opens its HPARAMS tab in headless
+Chromium (Debian's, else Playwright's), waits for one row per run, takes the screenshot,
+then stops the server.
+"""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+    sys.exit("usage: python docs/tensorboard_screenshot.py SWEEP_DIR")
+PORT = 6123
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+tensorboard = str(Path(sys.executable).with_name("tensorboard"))
+cmd = [tensorboard, "--logdir", sys.argv[1], "--host", "127.0.0.1", "--port", str(PORT)]
+server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+for _ in range(120):  # until it listens
+    try:
+        socket.create_connection(("127.0.0.1", PORT), 1).close()
+        break
+    except OSError:
+        time.sleep(0.5)
+try:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 900})
+        page.goto(f"http://127.0.0.1:{PORT}/#hparams")
+        time.sleep(15)  # TensorBoard loads its plugins and reads every run's events
+        page.screenshot(path="docs/tensorboard_hparams.png")
+        browser.close()
+finally:
+    server.terminate()
