@@ -16,8 +16,8 @@ $(BIN)/hdr-train: pyproject.toml constraints.txt
 
 install: $(BIN)/hdr-train
 
-train: install  ## the seed's MLP, 100 epochs, on real MNIST; ARGS adds Hydra overrides
-	$(BIN)/python -m hdr.train experiment=seed $(ARGS)
+train: install  ## the student's MLP, 100 epochs, on real MNIST; ARGS adds Hydra overrides
+	$(BIN)/python -m hdr.train experiment=student $(ARGS)
 
 app: install  ## the sketchpad on http://127.0.0.1:7860 with the best recorded model; ARGS: --checkpoint, --port
 	$(BIN)/python app/app.py $(ARGS)

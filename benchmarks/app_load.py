@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/app_load.py [--checkpoint PATH] [--clients 20] [--requests 50]
 
-Starts `app/app.py` on a free 127.0.0.1 port (the model of outputs/best.json unless
---checkpoint), then each client (its own HTTP connection, in its own thread) sends its
-requests one after another through Gradio's HTTP API, as the Submit button does: upload the
-drawing (an MNIST test digit re-drawn on a 400x400 canvas), call /predict, read the answer
-from the event stream. Counts errors (a failed request, or no top-3 answer) and wrong
-readings; prints p50/p95/max latency and throughput. Stops the server when done.
+Starts `app/app.py` on a free 127.0.0.1 port (the best recorded model unless --checkpoint),
+then each client (its own HTTP connection, in its own thread) sends its requests one after
+another through Gradio's HTTP API, as the page does: upload the drawing (an MNIST test digit
+re-drawn on a 400x400 canvas), call /predict, read the answer from the event stream, fetch
+the preview image. Counts errors (a failed request, a broken preview, or no top-3 answer)
+and wrong readings; prints the machine, p50/p95/max latency and throughput. Stops the
+server when done.
 
 Plain HTTP (httpx) rather than gradio_client: the client library adds ~65 ms of its own per
 call on this machine (measured: 77 ms per call against 11 ms by plain HTTP), which would
@@ -15,7 +16,6 @@ measure the client, not the app.
 """
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -26,15 +26,16 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 import httpx
-import numpy as np
-import torch.nn.functional as F
 from PIL import Image
 
 from hdr.data import MNISTDataModule
+from hdr.utils import cpu_description
+from tests.helpers import ask_app, redraw
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--checkpoint", help="default: the one in outputs/best.json")
+parser.add_argument("--checkpoint", help="default: the best recorded model")
 parser.add_argument("--clients", type=int, default=20)
 parser.add_argument("--requests", type=int, default=50, help="per client")
 parser.add_argument("--data-dir", default=os.environ.get("HDR_DATA_DIR", "data"))
@@ -44,13 +45,9 @@ dm = MNISTDataModule(data_dir=args.data_dir, download=False)
 dm.setup()
 test = dm.splits["test"]
 folder = Path(tempfile.mkdtemp())
-drawings = []  # (png path, true digit): the first 20 test digits, thick strokes, transparent
+drawings = []  # (png path, true digit): the first 20 test digits, thick, large, transparent
 for i in range(20):
-    big = F.interpolate((test.images[i] > 0.4).float()[None], size=(300, 300))
-    big = F.max_pool2d(big, 9, stride=1, padding=4)[0, 0].numpy()
-    rgba = np.zeros((400, 400, 4), np.uint8)
-    rgba[50:350, 50:350, 3] = (255 * big).astype(np.uint8)
-    Image.fromarray(rgba).save(folder / f"{i}.png")
+    Image.fromarray(redraw(test.images[i], 400, 0.75, "centre", True)).save(folder / f"{i}.png")
     drawings.append((folder / f"{i}.png", str(test.targets[i].item())))
 
 with socket.socket() as s:
@@ -79,19 +76,6 @@ wrong = 0
 lock = threading.Lock()
 
 
-def ask(http: httpx.Client, path: Path) -> dict:
-    """One drawing through Gradio's HTTP API: upload, call, read the event stream."""
-    with path.open("rb") as f:
-        uploaded = http.post(f"{url}gradio_api/upload", files={"files": f}).raise_for_status()
-    composite = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
-    body = {"data": [{"background": None, "layers": [], "composite": composite}]}
-    event = http.post(f"{url}gradio_api/call/predict", json=body).raise_for_status()
-    stream = http.get(f"{url}gradio_api/call/predict/{event.json()['event_id']}").text
-    if "event: complete" not in stream:
-        raise RuntimeError(f"no answer: {stream[-200:]!r}")
-    return json.loads(stream.rsplit("data:", 1)[1])[0]
-
-
 def client_run(k: int) -> None:
     global wrong
     with httpx.Client(timeout=60) as http:
@@ -99,8 +83,9 @@ def client_run(k: int) -> None:
             path, digit = drawings[(k + r) % len(drawings)]
             start = time.perf_counter()
             try:
-                label = ask(http, path)
+                label, png = ask_app(http, url, path)
                 ok = isinstance(label, dict) and len(label.get("confidences") or []) == 3
+                ok = ok and png is not None and png.startswith(b"\x89PNG")
                 problem = None if ok else f"unexpected answer {label!r}"
             except Exception as e:  # counted, and the run goes on
                 problem = f"{type(e).__name__}: {e}"
@@ -127,6 +112,7 @@ finally:
 
 ms = sorted(1000 * t for t in latencies)
 q = statistics.quantiles(ms, n=100)
+print(f"machine: {cpu_description()}")
 print(f"{args.clients} clients x {args.requests} requests = {len(ms)} in {wall:.1f} s "
       f"({len(ms) / wall:.1f} requests/s)")  # fmt: skip
 print(f"latency p50 {q[49]:.0f} ms, p95 {q[94]:.0f} ms, max {ms[-1]:.0f} ms")

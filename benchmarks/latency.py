@@ -9,15 +9,18 @@ app's canvas size. Prints one line per checkpoint: parameters, p50 and p99 in mi
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 import torch
-import torch.nn.functional as F
 
 from hdr.data import MNISTDataModule
 from hdr.module import DigitClassifier
 from hdr.preprocess import to_mnist
+from hdr.utils import cpu_description
+from tests.helpers import redraw
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("checkpoints", nargs="+")
@@ -27,10 +30,8 @@ args = parser.parse_args()
 
 dm = MNISTDataModule(data_dir=args.data_dir, download=False)
 dm.setup()
-digit = (dm.splits["test"].images[0] > 0.4).float()[None]  # [1, 1, 28, 28]
-big = F.max_pool2d(F.interpolate(digit, size=(300, 300)), 9, stride=1, padding=4)
-canvas = np.zeros((400, 400, 4), np.uint8)
-canvas[50:350, 50:350, 3] = (255 * big[0, 0].numpy()).astype(np.uint8)
+canvas = redraw(dm.splits["test"].images[0], 400, 0.75, "centre", True)
+print(f"machine: {cpu_description()}")
 
 for path in args.checkpoints:
     model = DigitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)

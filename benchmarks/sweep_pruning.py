@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/sweep_pruning.py [--prune halving] [--epochs 10]
 
 Sweeps model.lr (6 values) x model.net.activation (3) = 18 runs of the student's MLP
-(experiment=seed, 10 epochs a run) on the basic launcher, same seeds, first with
+(experiment=student, 10 epochs a run) on the basic launcher, same seeds, first with
 sweep.prune=none, then with --prune. Prints the machine, then for each: the epochs trained,
 the wall time and the best run found; then the ratios, and an estimate for the student's
 full 7,560-run grid on this machine and on N Ray workers. Everything is written to a
-temporary folder: outputs/ and its best.json stay untouched.
+temporary folder (or --out): outputs/ and its best.json stay untouched.
 """
 
 import argparse
@@ -24,6 +24,7 @@ from hdr.utils import cpu_description
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--prune", default="halving", choices=["median", "halving"])
 parser.add_argument("--epochs", type=int, default=10)
+parser.add_argument("--out", help="keep the two sweeps in this folder (default: a temporary one)")
 args = parser.parse_args()
 
 GRID = ["model.lr=1,0.1,0.01,0.001,0.0001,0.00001", "model.net.activation=relu,sigmoid,tanh"]
@@ -32,7 +33,7 @@ FULL_GRID = 7560
 
 def run_sweep(prune: str, folder: Path) -> dict:
     cmd = [
-        sys.executable, "-m", "hdr.train", "-m", "experiment=seed", "task_name=bench",
+        sys.executable, "-m", "hdr.train", "-m", "experiment=student", "task_name=bench",
         f"trainer.max_epochs={args.epochs}", *GRID, f"sweep.prune={prune}",
         f"paths.log_dir={folder}", f"hydra.sweep.dir={folder / prune}",
         "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
@@ -43,7 +44,7 @@ def run_sweep(prune: str, folder: Path) -> dict:
     with open(folder / prune / "leaderboard.csv") as f:
         rows = list(csv.DictReader(f))
     results = [json.loads((Path(r["dir"]) / "result.json").read_text()) for r in rows]
-    epochs = sum(r["pruned_at"] or r["epochs"] for r in results)
+    epochs = sum(r.get("pruned_at") or r.get("epochs") or 0 for r in results)
     pruned = sum(r["status"] == "pruned" for r in results)
     best = rows[0]
     return {"wall": wall, "epochs": epochs, "runs": len(rows), "pruned": pruned,
@@ -53,9 +54,10 @@ def run_sweep(prune: str, folder: Path) -> dict:
 
 
 print(f"machine: {cpu_description()}")
-print(f"sub-grid: {' x '.join(GRID)}, {args.epochs} epochs a run, experiment=seed")
+print(f"sub-grid: {' x '.join(GRID)}, {args.epochs} epochs a run, experiment=student")
 with tempfile.TemporaryDirectory() as tmp:
-    figures = {p: run_sweep(p, Path(tmp)) for p in ("none", args.prune)}
+    out = Path(args.out or tmp)
+    figures = {p: run_sweep(p, out) for p in ("none", args.prune)}
 for prune, f in figures.items():
     best = f"best {f['best']} (val {100 * f['best_val']:.2f}%)"
     print(f"prune={prune:8s} {f['runs']} runs ({f['pruned']} pruned): {f['epochs']} epochs "

@@ -63,9 +63,8 @@ def mnist():
     return dm
 
 
-@pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    """A real MLP trained for 4 epochs on real MNIST (~97.6% test), saved as hdr.train would."""
+def train_mlp(folder: Path, epochs: int) -> Path:
+    """A real MLP trained on real MNIST, saved as hdr.train would save it."""
     import lightning as L
 
     from hdr.data import MNISTDataModule
@@ -74,8 +73,19 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     L.seed_everything(0)
     dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
     model = DigitClassifier(net={"name": "mlp", "hidden": [1400]}, lr=0.001)
-    trainer = quiet_trainer(max_epochs=4)
+    trainer = quiet_trainer(max_epochs=epochs)
     trainer.fit(model, datamodule=dm)
-    path = tmp_path_factory.mktemp("model") / "mlp.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    trainer.save_checkpoint(folder / "mlp.ckpt")
+    return folder / "mlp.ckpt"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """One epoch (~97% test, a few seconds): a working model for loading and serving."""
+    return train_mlp(tmp_path_factory.mktemp("model"), epochs=1)
+
+
+@pytest.fixture(scope="session")
+def well_trained_checkpoint(tmp_path_factory) -> Path:
+    """Four epochs (~97.4% test): for the tests that measure how well drawings are read."""
+    return train_mlp(tmp_path_factory.mktemp("model"), epochs=4)

@@ -73,6 +73,7 @@ def test_a_damaged_record_is_named_with_the_fix(tmp_path, monkeypatch, damage):
     assert "make train" in message and "--checkpoint" in message
 
 
+@pytest.mark.slow
 def test_app_started_in_its_own_folder_loads_the_recorded_model(tmp_path, trained_checkpoint):
     """`cd app && python app.py`, as a person would; records come from HDR_LOG_DIR here."""
     env = {**os.environ, "HDR_LOG_DIR": str(tmp_path)}

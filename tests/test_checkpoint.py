@@ -60,6 +60,7 @@ def test_resuming_from_a_missing_or_mismatched_checkpoint_fails_before_training(
     assert ".hydra/overrides.yaml" in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, words",
     [

@@ -33,13 +33,13 @@ def test_option_composes_and_instantiates(make_cfg, group, option):
         instantiate(cfg.trainer)
 
 
-def test_seed_experiment_is_the_student_project():
-
-    cfg = compose_cfg(["experiment=seed"])
+@pytest.mark.parametrize("name", ["student", "seed"])  # seed: the old name, an alias
+def test_the_student_experiment_is_the_student_project(name):
+    cfg = compose_cfg([f"experiment={name}"])
     assert cfg.data.batch_size == 2900
     assert cfg.model.lr == 0.01 and cfg.model.optimizer == "adam"
     assert cfg.model.net.hidden == [1400] and cfg.model.net.activation == "relu"
-    assert cfg.trainer.max_epochs == 100
+    assert cfg.trainer.max_epochs == 100 and not cfg.model.standardize
 
 
 @pytest.mark.parametrize("option", ["transformer", "mlp_schema"])
@@ -49,6 +49,7 @@ def test_unknown_option_fails_naming_it_and_the_real_options(make_cfg, option):
     assert "Available options in 'model':\n\tcnn\n\tmlp\n" in str(err.value)
 
 
+@pytest.mark.slow
 def test_help_offers_the_real_options_only():
     run = subprocess.run([sys.executable, "-m", "hdr.train", "--help"], capture_output=True,
                          text=True, check=True)  # fmt: skip
@@ -56,10 +57,11 @@ def test_help_offers_the_real_options_only():
     assert "schema" not in run.stdout.split("== Config ==")[0]
 
 
+@pytest.mark.slow
 def test_console_script_finds_the_config_from_anywhere(tmp_path):
     script = Path(sys.executable).with_name("hdr-train")
     run = subprocess.run(
-        [str(script), "--cfg", "job", "experiment=seed"],
+        [str(script), "--cfg", "job", "experiment=student"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -115,6 +117,7 @@ def test_wrong_types_and_typos_fail_as_hydra_composes(make_cfg, override, words)
     assert words in f"{err.value}\n{err.value.__cause__}"
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_value_in_one_line_without_a_trace(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "hdr.train", "model.lr=-1", f"paths.log_dir={tmp_path}"],

@@ -111,6 +111,7 @@ def test_a_data_dir_that_is_a_file_is_named(tmp_path):
             MNISTDataModule(data_dir=str(tmp_path / "data"), download=download).setup()
 
 
+@pytest.mark.slow
 def test_an_empty_read_only_folder_with_download_on_is_named(tmp_path):
     folder = tmp_path / "read-only"
     folder.mkdir(mode=0o555)

@@ -77,8 +77,9 @@ def test_strange_arrays_get_a_clear_error():
 
 
 @pytest.mark.slow
-def test_trained_mlp_reads_redrawn_digits(mnist, trained_checkpoint):
-    model = DigitClassifier.load_from_checkpoint(trained_checkpoint, weights_only=True).eval()
+def test_trained_mlp_reads_redrawn_digits(mnist, well_trained_checkpoint):
+    path = well_trained_checkpoint
+    model = DigitClassifier.load_from_checkpoint(path, weights_only=True).eval()
     test = mnist.splits["test"]
     n = 300
     # Large, thick, off-centre, on a transparent canvas: the hard case for a naive resize.

@@ -219,6 +219,7 @@ def test_a_sweep_runs_on_a_real_two_node_ray_cluster(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_rebuilding_the_leaderboard_by_hand_names_a_bad_folder(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "hdr.sweep", str(tmp_path)], capture_output=True, text=True
@@ -363,6 +364,7 @@ def test_a_damaged_best_record_is_set_aside_and_replaced(tmp_path, damage, set_a
         assert aside[0].name in warnings[0]
 
 
+@pytest.mark.slow
 def test_a_finished_run_with_a_damaged_record_exits_0_and_repairs_it(tmp_path):
     (tmp_path / "best.json").write_text("{not json")
     env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}

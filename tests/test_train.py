@@ -151,6 +151,7 @@ def test_ddp_sim_trains_with_two_cpu_processes(tmp_path):
     assert "Test accuracy" in log
 
 
+@pytest.mark.slow
 def test_our_commands_print_none_of_lightnings_start_up_noise(tmp_path):
     run = run_cli(["debug=fdr"], tmp_path, timeout=120)
     log = run.stdout + run.stderr
@@ -159,8 +160,10 @@ def test_our_commands_print_none_of_lightnings_start_up_noise(tmp_path):
     assert "litlogger" not in log and "LeafSpec" not in log  # ...but not these two
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_a_folder_each(tmp_path):
-    args = ["debug=fdr", "trainer.fast_dev_run=2"]
+    args = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]  # fmt: skip
     env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
     runs = [
         subprocess.Popen(
@@ -171,15 +174,22 @@ def test_two_runs_started_together_get_a_folder_each(tmp_path):
         for _ in range(2)
     ]  # fmt: skip
     assert [r.wait(timeout=300) for r in runs] == [0, 0]
-    folders = sorted((tmp_path / "debug" / "runs").iterdir())
+    folders = sorted((tmp_path / "train" / "runs").iterdir())
     assert len(folders) == 2
+    pids = set()
     for folder in folders:
-        assert json.loads((folder / "result.json").read_text())["status"] == "ok"
-        assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    pids = {json.loads((f / "result.json").read_text())["pid"] for f in folders}
+        result = json.loads((folder / "result.json").read_text())
+        assert result["status"] == "ok"
+        pids.add(result["pid"])
+        checkpoints = {p.name for p in (folder / "checkpoints").iterdir()}
+        assert checkpoints == {"epoch_000.ckpt", "last.ckpt"}
+        # Event files are named events.out.tfevents.<time>.<host>.<pid>.<n>: all this run's.
+        events = list((folder / "tensorboard").glob("events.out.tfevents.*"))
+        assert events and {int(e.name.split(".")[-2]) for e in events} == {result["pid"]}
     assert len(pids) == 2  # each folder holds its own run's record
 
 
+@pytest.mark.slow
 def test_a_run_refuses_a_folder_that_holds_another_runs_result(tmp_path):
     first = run_cli(["debug=fdr", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]

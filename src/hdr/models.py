@@ -1,4 +1,8 @@
-"""Plain nn.Module nets; each returns raw logits for 10 classes."""
+"""Plain nn.Module nets; each returns raw logits for 10 classes.
+
+The values each argument may take are checked in one place, hdr.config, before a net is
+built from a config.
+"""
 
 from collections.abc import Sequence
 from itertools import pairwise
@@ -19,12 +23,6 @@ class MLP(nn.Sequential):
         in_features: int = 28 * 28,
         num_classes: int = 10,
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}."
-            )
-        if not hidden or any(int(h) < 1 for h in hidden):
-            raise ValueError(f"hidden must list one or more positive layer sizes, got {hidden!r}.")
         layers: list[nn.Module] = [nn.Flatten()]
         widths = [in_features, *map(int, hidden)]
         for n_in, n_out in pairwise(widths):
@@ -47,10 +45,6 @@ class CNN(nn.Sequential):
         batch_norm: bool = True,
         num_classes: int = 10,
     ) -> None:
-        if not channels or any(int(c) < 1 for c in channels):
-            raise ValueError(f"channels must list positive sizes, got {channels!r}.")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}.")
         layers: list[nn.Module] = []
         side, c_in = 28, 1
         for c in map(int, channels):
@@ -61,8 +55,6 @@ class CNN(nn.Sequential):
             layers += [nn.BatchNorm2d(c)] if batch_norm else []
             layers += [nn.ReLU(), nn.MaxPool2d(2)]
             side, c_in = side // 2, c
-        if side < 1:
-            raise ValueError(f"{len(channels)} blocks halve 28 pixels to nothing: use at most 4.")
         layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * side * side, hidden)]
         layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
         super().__init__(*layers)

@@ -1,22 +1,23 @@
-"""Figures for TensorBoard and the README: confusion matrices and accuracy curves."""
+"""Figures for TensorBoard and the README: confusion matrices, accuracy curves, mistakes.
+
+Drawn on matplotlib's Figure objects directly, never through pyplot: no window, and no
+backend chosen for whoever imports this (a notebook keeps its own).
+"""
 
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+import torch
+from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def confusion_matrix_figure(matrix: torch.Tensor, title: str = "confusion matrix") -> Figure:
     """A labelled heatmap: rows are true digits, columns predictions, each cell its count."""
     m = matrix.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=100)
+    fig = Figure(figsize=(5.2, 4.6), dpi=100)
+    ax = fig.subplots()
     # A log-like scale would hide the diagonal's size; clip colours so errors stay visible.
     im = ax.imshow(m, cmap="Blues", vmax=max(1, m.max() * 0.25))
     n = m.shape[0]
@@ -45,7 +46,8 @@ def accuracy_figure(
     curves: Mapping[str, Sequence[float]], title: str = "accuracy per epoch"
 ) -> Figure:
     """One line per series (e.g. train/acc, val/acc), x = epoch from 1."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     for label, values in curves.items():
         ax.plot(range(1, len(values) + 1), [100 * v for v in values], label=label)
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
@@ -61,7 +63,8 @@ def accuracy_figure(
 def study_figure(curves: Mapping[str, Sequence[float]], key: str) -> Figure:
     """A one-variable study: validation accuracy per epoch, one curve per value of `key`;
     the whole range on the left, the best few points zoomed on the right."""
-    fig, (full, zoom) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    fig = Figure(figsize=(10, 4), dpi=100)
+    full, zoom = fig.subplots(1, 2)
     for value, accs in curves.items():
         for ax in (full, zoom):
             ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], marker=".", label=value)
@@ -85,7 +88,8 @@ def mistakes_figure(
     n = len(conf)
     cols = 5
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), dpi=100, squeeze=False)
+    fig = Figure(figsize=(cols * 1.6, rows * 1.8), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:

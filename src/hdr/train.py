@@ -15,22 +15,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from hdr.checkpoint import CheckpointError, check_resumable, read_checkpoint
 from hdr.config import CONF_DIR, ConfigError, check
 from hdr.download import DataError
-from hdr.plots import accuracy_figure, confusion_matrix_figure, mistakes_figure, read_scalars
 from hdr.prune import Pruning
 from hdr.records import FINISHED, RecordError, read_result, record_best, write_result
-from hdr.utils import instantiate_group, quiet_lightning
+from hdr.utils import instantiate_group, quiet_lightning, tensorboard_logger
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit on train/val, test the best checkpoint, write reports; return metrics and objects."""
+    """Fit on train/val, test the best checkpoint, write the run's record; return metrics and
+    objects."""
     check(cfg)  # bad values stop here, named, before any data is read
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -54,7 +53,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     pruned_at = next((c.pruned_at for c in callbacks if isinstance(c, Pruning)), None)
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # The best checkpoint is the one kept by the callback that monitors a metric.
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
     if cfg.get("test") and pruned_at is None:  # a pruned run is not worth testing
         if not best:
             log.warning("No best checkpoint: testing the weights as they are now.")
@@ -71,7 +71,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "checkpoint": str(Path(best).resolve()) if best else "",
     }
     if trainer.is_global_zero:
-        report(cfg, model, loggers, metrics)
+        board = tensorboard_logger(trainer)
+        if board is not None:  # the HPARAMS tab: this run's settings beside its results
+            hp = {f"hp/{k.replace('/', '_')}": metrics[k] for k in HP_METRICS if k in metrics}
+            board.log_hyperparams(hparams_of(cfg), metrics=hp)
+            board.experiment.flush()
+        for key, name in (
+            ("test/acc", "Test accuracy"),
+            ("val/acc_best", "Best validation accuracy"),
+        ):
+            if key in metrics:
+                log.info("%s: %.2f%%", name, 100 * metrics[key])
+        log.info("Outputs (checkpoints, plots, logs): %s", cfg.paths.output_dir)
+        log.info("TensorBoard: tensorboard --logdir %s", cfg.paths.output_dir)
         write_result(cfg.paths.output_dir, **result, overrides=task_overrides())
     return metrics, {
         "result": result,
@@ -80,46 +92,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "model": model,
         "trainer": trainer,
     }
-
-
-def report(cfg: DictConfig, model: L.LightningModule, loggers: list, metrics: dict) -> None:
-    """HPARAMS entry, accuracy curves and test confusion matrix as PNGs, and a closing summary."""
-    out = Path(cfg.paths.output_dir)
-    hp_metrics = {
-        f"hp/{k.replace('/', '_')}": metrics[k]
-        for k in ("val/acc_best", "test/acc")
-        if k in metrics
-    }
-    for logger in loggers:
-        if not isinstance(logger, TensorBoardLogger):
-            continue
-        logger.log_hyperparams(hparams_of(cfg), metrics=hp_metrics)
-        logger.experiment.flush()
-        scalars = read_scalars(logger.log_dir)
-        curves = {
-            tag: [v for _, v in scalars[tag]] for tag in ("train/acc", "val/acc") if tag in scalars
-        }
-        if curves:
-            accuracy_figure(curves).savefig(out / "accuracy.png")
-    if "test" in model.confusion:
-        confusion_matrix_figure(model.confusion["test"], "test confusion matrix").savefig(
-            out / "confusion_matrix.png"
-        )
-    if getattr(model, "wrong", None):
-        fig = mistakes_figure(*model.most_confident_mistakes(20))
-        fig.savefig(out / "mistakes.png")
-        for logger in loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure("test/most_confident_mistakes", fig)
-                logger.experiment.flush()
-    if "test/acc" in metrics:
-        log.info("Test accuracy: %.2f%%", 100 * metrics["test/acc"])
-    if "val/acc_best" in metrics:
-        log.info("Best validation accuracy: %.2f%%", 100 * metrics["val/acc_best"])
-    if "test/ece" in metrics:
-        log.info("Expected calibration error (test): %.4f", metrics["test/ece"])
-    log.info("Outputs (checkpoints, plots, logs): %s", out)
-    log.info("TensorBoard: tensorboard --logdir %s", out)
 
 
 def set_threads(setting: int | str | None) -> None:
@@ -132,6 +104,9 @@ def set_threads(setting: int | str | None) -> None:
         setting = max(1, cores // (cores if n_jobs < 0 else n_jobs))  # joblib: -1 = every core
     torch.set_num_threads(int(setting))
     log.info("torch threads: %d", torch.get_num_threads())
+
+
+HP_METRICS = ("val/acc_best", "test/acc")  # the HPARAMS tab's metric columns
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:

@@ -23,6 +23,13 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return objects
 
 
+def tensorboard_logger(trainer: Any) -> Any:
+    """The trainer's TensorBoardLogger, or None when it logs elsewhere (or nowhere)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
 def _no_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in record.getMessage()
 

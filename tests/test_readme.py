@@ -1,0 +1,81 @@
+"""Every command in the README's fenced bash blocks still runs as written: training commands
+compose with the real config, make targets exist (`make -n`), every other program answers
+--help."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hdr.config import ROOT, check
+from tests.helpers import DATA_DIR, compose_cfg
+
+BIN = Path(sys.executable).parent
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            command = line.split(" # ")[0].strip()  # a comment after the command
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_has_commands():
+    assert len(COMMANDS) > 15 and any("hparams_search=grid" in c for c in COMMANDS)
+
+
+def as_check(command: str) -> list[str]:
+    """The command made harmless: compose only, a dry run, or --help."""
+    words = shlex.split(command)
+    program = words[0].removeprefix(".venv/bin/")
+    if program == "export":  # a shell builtin: bash runs it
+        return ["bash", "-c", command]
+    if program == "make":
+        return ["make", "-n", *words[1:]]
+    if program == "python":
+        return [sys.executable, words[1], "--help"]
+    if program == "ray":  # `ray start ...`, `ray stop`, `ray get-auth-token ...`
+        return [str(BIN / "ray"), words[1], "--help"]
+    return [str(BIN / program), "--help"]
+
+
+def train_overrides(command: str) -> list[str] | None:
+    """The overrides of a `python -m hdr.train` (or `hdr-train`) command, else None."""
+    words = shlex.split(command)
+    if words[0].endswith("hdr-train"):
+        args = words[1:]
+    elif words[1:3] == ["-m", "hdr.train"]:
+        args = words[3:]
+    else:
+        return None
+    return [a for a in args if a not in ("-m", "--multirun", "--cfg", "job")]
+
+
+TRAIN = [c for c in COMMANDS if train_overrides(c) is not None]
+OTHER = [c for c in COMMANDS if train_overrides(c) is None]
+
+
+@pytest.mark.parametrize("command", TRAIN)
+def test_readme_training_command_composes(command):
+    cfg = compose_cfg(train_overrides(command))  # as `--cfg job` would, without a process
+    check(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", OTHER)
+def test_readme_command_runs_as_written(command):
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR)}
+    run = subprocess.run(as_check(command), cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, f"{command}\n{run.stdout[-1500:]}\n{run.stderr[-1500:]}"
