@@ -17,7 +17,6 @@ measure the client, not the app.
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from PIL import Image
 
 from hdr.data import MNISTDataModule
 from hdr.utils import cpu_description
-from tests.helpers import ask_app, redraw
+from tests.helpers import ask_app, free_port, redraw, wait_listening
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--checkpoint", help="default: the best recorded model")
@@ -50,25 +49,16 @@ for i in range(20):
     Image.fromarray(redraw(test.images[i], 400, 0.75, "centre", True)).save(folder / f"{i}.png")
     drawings.append((folder / f"{i}.png", str(test.targets[i].item())))
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+port = free_port()
 cmd = [sys.executable, "app/app.py", "--port", str(port)]
 cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
 server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 url = f"http://127.0.0.1:{port}/"
-deadline = time.monotonic() + 120
-while True:  # wait for the server to listen
-    if server.poll() is not None:
-        sys.exit(f"The app did not start: {server.stderr.read()}")
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            server.kill()
-            sys.exit("The app did not start within 120 s.")
-        time.sleep(0.5)
+try:
+    wait_listening(port, server)
+except RuntimeError as e:
+    server.kill()
+    sys.exit(f"The app did not start: {e}. {server.stderr.read()[-2000:]}")
 
 latencies: list[float] = []
 errors: list[str] = []

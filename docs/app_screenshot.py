@@ -4,27 +4,23 @@
 """
 
 import math
-import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 from playwright.sync_api import expect, sync_playwright
 
+from tests.helpers import BROWSER_ARGS, CHROMIUM, wait_listening
+
 PORT = 7890
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 server = subprocess.Popen([sys.executable, "app/app.py", "--port", str(PORT)])
-for _ in range(240):  # until it listens
-    try:
-        socket.create_connection(("127.0.0.1", PORT), 1).close()
-        break
-    except OSError:
-        time.sleep(0.5)
+wait_listening(PORT, server)
 try:
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 820})
         page.goto(f"http://127.0.0.1:{PORT}/")
         canvas = page.locator("canvas").first

@@ -29,6 +29,7 @@ from tests.helpers import (
     quiet_trainer,
     redraw,
     sketch,
+    wait_listening,
     write_huge,
     write_pictures,
 )
@@ -90,15 +91,11 @@ def test_app_started_in_its_own_folder_loads_the_recorded_model(tmp_path, traine
     cmd = [sys.executable, "app.py", "--port", str(port)]
     app = subprocess.Popen(cmd, cwd=ROOT / "app", env=env, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and app.poll() is None:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"the app did not start: {(tmp_path / 'app.log').read_text()[-2000:]}")
+        try:
+            wait_listening(port, app)
+        except RuntimeError as e:
+            pytest.fail(f"{e}: {(tmp_path / 'app.log').read_text()[-2000:]}")
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert page.status_code == 200 and "MLP [1400]" in page.text
     finally:
         app.kill()

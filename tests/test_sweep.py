@@ -308,22 +308,24 @@ def test_a_sweep_killed_part_way_goes_on_where_it_stopped(tmp_path):
 
 
 @pytest.mark.slow
-def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path, launcher):
+    # joblib: two runs at once, both reporting to the one SQLite study.
+    parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     args = (
         "model.lr=0.01,0.003,1e-7,1e-8", "trainer.max_epochs=3", "sweep.prune=median",
-        "callbacks.pruning.startup_runs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "callbacks.pruning.startup_runs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", *parallel,
     )  # fmt: skip
     rows, log, folder = sweep(tmp_path, *args)
+    # Under joblib a hopeless run may start before the good ones finish: it is then
+    # stopped at epoch 2, once the median has two finished runs behind it.
     statuses = {r["overrides"].split()[0]: r["status"] for r in rows}
-    assert statuses == {
-        "model.lr=0.01": "ok",
-        "model.lr=0.003": "ok",
-        "model.lr=1e-07": "pruned at epoch 1",
-        "model.lr=1e-08": "pruned at epoch 1",
-    }
+    assert statuses["model.lr=0.01"] == statuses["model.lr=0.003"] == "ok"
+    assert statuses["model.lr=1e-07"] in ("pruned at epoch 1", "pruned at epoch 2")
+    assert statuses["model.lr=1e-08"] in ("pruned at epoch 1", "pruned at epoch 2")
     assert all(r["val_acc"] for r in rows)  # pruned runs keep their best so far
     assert (folder / "pruning.db").exists()
-    assert "1 pruned" not in log and "2 pruned" in log
+    assert "2 pruned, 0 failed" in log
     best = read_best(tmp_path / "best.json")
     assert "1e-0" not in best["overrides"]
     results = {p: p.read_bytes() for p in folder.glob("*/result.json")}
