@@ -110,17 +110,16 @@ HP_METRICS = ("val/acc_best", "test/acc")  # the HPARAMS tab's metric columns
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
-    """What the HPARAMS tab compares runs by: model and data settings, epochs, seed."""
+    """What the HPARAMS tab compares runs by: what changes the model it trains (the model's
+    settings, the batch size, epochs, precision, seed), not where files are."""
     keep = {
-        "model": cfg.model,
-        "data": {k: v for k, v in cfg.data.items() if k not in ("_target_", "data_dir")},
+        "model": {k: v for k, v in cfg.model.items() if not k.startswith("_")},
+        "data": {"batch_size": cfg.data.batch_size},
         "max_epochs": cfg.trainer.get("max_epochs"),
+        "precision": cfg.trainer.get("precision"),
         "seed": cfg.get("seed"),
     }
-    params = OmegaConf.to_container(OmegaConf.create(keep), resolve=True)
-    params["model"].pop("_target_", None)
-    params["model"].pop("_convert_", None)
-    return params
+    return OmegaConf.to_container(OmegaConf.create(keep), resolve=True)
 
 
 # Errors in what the user gave, reported in one line without a stack trace.
