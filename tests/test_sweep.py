@@ -318,11 +318,12 @@ def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path, 
     )  # fmt: skip
     rows, log, folder = sweep(tmp_path, *args)
     # Under joblib a hopeless run may start before the good ones finish: it is then
-    # stopped at epoch 2, once the median has two finished runs behind it.
+    # stopped later, once the median has two finished runs behind it.
     statuses = {r["overrides"].split()[0]: r["status"] for r in rows}
     assert statuses["model.lr=0.01"] == statuses["model.lr=0.003"] == "ok"
-    assert statuses["model.lr=1e-07"] in ("pruned at epoch 1", "pruned at epoch 2")
-    assert statuses["model.lr=1e-08"] in ("pruned at epoch 1", "pruned at epoch 2")
+    first = "pruned at epoch 1" if launcher == "basic" else "pruned at epoch"
+    assert statuses["model.lr=1e-07"].startswith(first), statuses
+    assert statuses["model.lr=1e-08"].startswith(first), statuses
     assert all(r["val_acc"] for r in rows)  # pruned runs keep their best so far
     assert (folder / "pruning.db").exists()
     assert "2 pruned, 0 failed" in log
