@@ -1,12 +1,14 @@
 """Wall-clock training seconds until test accuracy first reaches a target.
 
-    .venv/bin/python benchmarks/time_to_accuracy.py experiment=fast_mlp --target 0.98
-    .venv/bin/python benchmarks/time_to_accuracy.py experiment=fast_cnn --target 0.99
+    .venv/bin/python benchmarks/time_to_accuracy.py experiment=fast_mlp --target 0.98 --seeds 3
+    .venv/bin/python benchmarks/time_to_accuracy.py experiment=fast_cnn --target 0.99 --seeds 3
 
 Builds the run from the real config (any Hydra overrides) and trains it with the real
 Trainer. After every epoch the clock stops, the model is tested on the 10k test set, and the
 clock goes on; the clock counts training and the per-epoch validation, not this test, nor
 logging and checkpoints (switched off here). Stops at the target or at max_epochs.
+With --seeds N it trains N times (seeds seed, seed+1, ...) and prints the worst time, since
+a recipe holds only if every seed reaches the target.
 """
 
 import argparse
@@ -20,10 +22,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from hdr.config import check  # importing it also registers the schema conf/ composes against
+from hdr.utils import cpu_description
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_mlp")
 parser.add_argument("--target", type=float, default=0.98, help="test accuracy to reach")
+parser.add_argument("--seeds", type=int, default=1, help="runs, with seeds seed, seed+1, ...")
 args = parser.parse_args()
 
 with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
@@ -55,28 +59,44 @@ class Clock(L.Callback):
             trainer.should_stop = True
 
 
-L.seed_everything(cfg.seed, workers=True)
 if isinstance(cfg.get("torch_threads"), int):
     torch.set_num_threads(cfg.torch_threads)
 datamodule = instantiate(cfg.data)
 datamodule.setup()
 test = datamodule.splits["test"]
-clock = Clock((test.images, test.targets))
-trainer = instantiate(
-    cfg.trainer,
-    callbacks=[clock],
-    logger=False,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    num_sanity_val_steps=0,
-)
-trainer.fit(instantiate(cfg.model), datamodule=datamodule)
 
+
+def time_to_target(seed: int) -> float | None:
+    """Training seconds until the target, or None if max_epochs end first."""
+    L.seed_everything(seed, workers=True)
+    clock = Clock((test.images, test.targets))
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=[clock],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(instantiate(cfg.model), datamodule=datamodule)
+    if clock.reached is None:
+        print(f"seed {seed}: never reached {args.target:.2%} in {trainer.current_epoch} epochs "
+              f"({clock.seconds:.1f} s)")  # fmt: skip
+    else:
+        print(f"seed {seed}: reached {args.target:.2%} after {clock.reached:.1f} s of training")
+    return clock.reached
+
+
+times = [time_to_target(cfg.seed + i) for i in range(args.seeds)]
+print(cpu_description())
 print(f"config: {' '.join(args.overrides)}, precision {cfg.trainer.precision}, "
       f"torch threads {torch.get_num_threads()}")  # fmt: skip
-if clock.reached is None:
-    epochs = trainer.current_epoch
-    print(f"never reached {args.target:.2%} in {epochs} epochs ({clock.seconds:.1f} s)")
+reached = [t for t in times if t is not None]
+if len(reached) < len(times):
+    print(
+        f"worst of {len(times)} seeds: {len(times) - len(reached)} never reached {args.target:.2%}"
+    )
 else:
-    print(f"reached {args.target:.2%} after {clock.reached:.1f} s of training")
+    print(f"worst of {len(times)} seeds: {max(reached):.1f} s to {args.target:.2%} "
+          f"(each: {', '.join(f'{t:.1f}' for t in times)} s)")  # fmt: skip

@@ -30,6 +30,28 @@ def test_cnn_shapes(kwargs):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net) == kwargs.get("batch_norm", True)
 
 
+def test_cnn_per_block_kernels_padding_and_pool_first():
+    kwargs = {"channels": [8, 32, 64], "kernel_size": [5, 3, 3], "padding": [0, 0, 1]}
+    late, early = build_net("cnn", **kwargs), build_net("cnn", **kwargs, pool_first=True)
+    convs = [m for m in early if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.padding) for c in convs] == [
+        ((5, 5), (0, 0)),
+        ((3, 3), (0, 0)),
+        ((3, 3), (1, 1)),
+    ]
+    # 28 -> 24 -> 12 -> 10 -> 5 -> 5 -> 2: the classifier sees 64 x 2 x 2 features
+    assert [m for m in early if isinstance(m, torch.nn.Linear)][0].in_features == 64 * 2 * 2
+    assert type(early[1]) is torch.nn.MaxPool2d and type(late[1]) is torch.nn.BatchNorm2d
+    # Max-pool commutes with ReLU: with batch norm off, both orders compute the same function.
+    no_bn = {**kwargs, "batch_norm": False, "dropout": 0.0}
+    torch.manual_seed(0)
+    a = build_net("cnn", **no_bn)
+    b = build_net("cnn", **no_bn, pool_first=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(a(x), b(x), atol=1e-6)
+
+
 def test_augmentation_moves_pixels_but_keeps_the_ink():
     x = torch.zeros(64, 1, 28, 28)
     x[:, :, 8:20, 12:16] = 1  # a bar, well inside the frame

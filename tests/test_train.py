@@ -121,7 +121,7 @@ def test_validation_runs_once_per_epoch_on_5k_without_gradients(make_cfg):
     assert probe.test_inference and all(probe.test_inference)
     per_epoch = {e: sum(n for epoch, _, _, n in real if epoch == e) for e in range(3)}
     assert per_epoch == {0: 5000, 1: 5000, 2: 5000}  # the whole 5k split, once per epoch
-    assert len(real) == 3  # one 5000-image batch each time: never per training batch
+    assert len(real) == 3 * 5  # five 1000-image batches each time: never per training batch
 
 
 @pytest.mark.slow

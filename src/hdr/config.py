@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from hdr.models import ACTIVATIONS
+from hdr.models import ACTIVATIONS, conv_geometry, feature_side
 from hdr.module import OPTIMIZERS, SCHEDULERS
 from hdr.prune import PRUNERS
 from hdr.utils import cpu_precision
@@ -40,10 +40,19 @@ def _choice(key: str, value: str, choices: Any) -> None:
     _require(value in choices, key, value, f"choose one of {', '.join(choices)}")
 
 
-def _positive_ints(key: str, values: list[int], most: int | None = None) -> None:
-    size = f"1 to {most}" if most else "one or more"
-    ok = 0 < len(values) <= (most or len(values)) and all(v >= 1 for v in values)
-    _require(ok, key, values, f"give {size} positive sizes, e.g. [{values[0] if values else 64}]")
+def _positive_ints(key: str, values: list[int]) -> None:
+    ok = len(values) > 0 and all(v >= 1 for v in values)
+    _require(
+        ok, key, values, f"give one or more positive sizes, e.g. [{values[0] if values else 64}]"
+    )
+
+
+def _ints(value: Any, n: int, least: int) -> bool:
+    """An int >= least, or a list of n of them."""
+    values = value if isinstance(value, list) else [value]
+    return (len(values) == n or not isinstance(value, list)) and all(
+        type(v) is int and v >= least for v in values
+    )
 
 
 def _fraction(key: str, value: float) -> None:
@@ -68,16 +77,28 @@ class MLPNet:
 class CNNNet:
     name: str = MISSING
     channels: list[int] = MISSING
-    kernel_size: int = MISSING
+    kernel_size: Any = MISSING  # an int for every block, or a list of one per block
+    padding: Any = MISSING  # None (keep the size), an int, or a list of one per block
     hidden: int = MISSING
     dropout: float = MISSING
     batch_norm: bool = MISSING
+    pool_first: bool = MISSING
 
     def __post_init__(self) -> None:
         _require(self.name == "cnn", "model.net.name", self.name, "use model=mlp for an MLP")
-        _positive_ints("model.net.channels", self.channels, most=4)  # each block halves 28 px
-        k = self.kernel_size
-        _require(k >= 1 and k % 2 == 1, "model.net.kernel_size", k, "must be odd, e.g. 3 or 5")
+        _positive_ints("model.net.channels", self.channels)
+        blocks, k, pad = len(self.channels), self.kernel_size, self.padding
+        per_block = f"an int for every block, or a list of {blocks}, one per conv block"
+        _require(_ints(k, blocks, 1), "model.net.kernel_size", k, f"{per_block}, each >= 1")
+        pad_ok = pad is None or _ints(pad, blocks, 0)
+        _require(pad_ok, "model.net.padding", pad, f"null (keep the size), or {per_block}, >= 0")
+        odd = all(n % 2 for n in conv_geometry(blocks, k, pad)[0])
+        rule = "must be odd (e.g. 3 or 5) to keep the size, or give model.net.padding"
+        _require(odd or pad is not None, "model.net.kernel_size", k, rule)
+        side = feature_side(blocks, self.kernel_size, self.padding)
+        _require(side >= 1, "model.net.channels", self.channels,
+                 "each conv block halves the 28-px image and this many shrink it to nothing; "
+                 "use fewer blocks or more padding")  # fmt: skip
         _require(self.hidden >= 1, "model.net.hidden", self.hidden, "must be >= 1")
         _fraction("model.net.dropout", self.dropout)
 
@@ -102,6 +123,7 @@ class Model:
     net: Any = MISSING  # MLPNet or CNNNet, by the subclasses below
     optimizer: str = MISSING
     lr: float = MISSING
+    betas: list[float] = MISSING
     weight_decay: float = MISSING
     scheduler: str = MISSING
     label_smoothing: float = MISSING
@@ -113,6 +135,8 @@ class Model:
         _choice("model.optimizer", self.optimizer, OPTIMIZERS)
         lr_ok = 0 < self.lr < math.inf
         _require(lr_ok, "model.lr", self.lr, "must be > 0, e.g. 0.01 (0.001 for AdamW)")
+        betas_ok = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
+        _require(betas_ok, "model.betas", self.betas, "give [beta1, beta2], each in [0, 1)")
         _require(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "must be >= 0")
         _choice("model.scheduler", self.scheduler, SCHEDULERS)
         _fraction("model.label_smoothing", self.label_smoothing)

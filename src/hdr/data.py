@@ -6,7 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from torchvision.datasets import MNIST
 
 from hdr.download import (
@@ -40,10 +40,22 @@ class TensorImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[i], self.targets[i]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         # DataLoader calls this with the batch's indices when it exists (torch >= 2.0).
         idx = torch.as_tensor(indices)
         return self.images[idx], self.targets[idx]
+
+
+class TensorBatchSampler(BatchSampler):
+    """Batches as slices of one index tensor per epoch, instead of a list of batch_size
+    Python ints per batch. It keeps BatchSampler's signature, so Lightning can rebuild it
+    around a DistributedSampler under DDP."""
+
+    def __iter__(self):
+        order = torch.as_tensor(list(self.sampler))
+        for batch in order.split(self.batch_size):
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
 
 
 def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +70,7 @@ class MNISTDataModule(L.LightningDataModule):
         self,
         data_dir: str = "data",
         batch_size: int = 2900,
-        eval_batch_size: int = 5000,
+        eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 42,
         download: bool = True,
@@ -98,9 +110,10 @@ class MNISTDataModule(L.LightningDataModule):
         }
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split], batch_size=batch_size, shuffle=shuffle, collate_fn=_as_batch
-        )
+        data = self.splits[split]
+        sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
+        batches = TensorBatchSampler(sampler, batch_size, drop_last=False)
+        return DataLoader(data, batch_sampler=batches, collate_fn=_as_batch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, shuffle=True)

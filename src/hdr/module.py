@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from hdr.augment import random_affine
@@ -31,6 +31,7 @@ class DigitClassifier(L.LightningModule):
         net: dict[str, Any],
         optimizer: str = "adam",
         lr: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         scheduler: str = "none",
         label_smoothing: float = 0.0,
@@ -44,10 +45,12 @@ class DigitClassifier(L.LightningModule):
         self.net = build_net(**net, num_classes=num_classes)
         if channels_last:  # convolutions on CPU run ~1.6x faster in NHWC (docs/performance.md)
             self.net.to(memory_format=torch.channels_last)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Training loss and accuracy as running sums in one tensor (loss x n, correct, n):
+        # three tensor ops a step, where two torchmetrics updates cost ~0.4 ms (a 2% of a
+        # fast_cnn step; docs/performance.md). Not saved in checkpoints: an epoch's figure.
+        self.register_buffer("train_sums", torch.zeros(3), persistent=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,9 +76,10 @@ class DigitClassifier(L.LightningModule):
             )
         # Accumulated here, logged once an epoch: self.log every step costs ~1 ms. The
         # logged loss is plain cross-entropy, as val/loss is, whatever the smoothing.
-        plain = loss if not self.hparams.label_smoothing else F.cross_entropy(logits.detach(), y)
-        self.train_loss.update(plain.detach(), weight=len(y))
-        self.train_acc.update(logits, y)
+        with torch.no_grad():
+            plain = loss if not self.hparams.label_smoothing else F.cross_entropy(logits, y)
+            correct = (logits.argmax(-1) == y).sum()
+            self.train_sums += torch.stack([plain * len(y), correct, plain.new_tensor(len(y))])
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -99,10 +103,10 @@ class DigitClassifier(L.LightningModule):
         return self(x).softmax(dim=-1)
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss", self.train_loss.compute())
-        self.log("train/acc", self.train_acc.compute(), prog_bar=True)
-        self.train_loss.reset()
-        self.train_acc.reset()
+        loss_sum, correct, n = self.trainer.strategy.reduce(self.train_sums, reduce_op="sum")
+        self.log("train/loss", loss_sum / n)
+        self.log("train/acc", correct / n, prog_bar=True)
+        self.train_sums.zero_()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # a partial validation: not a score to keep
@@ -120,13 +124,26 @@ class DigitClassifier(L.LightningModule):
             self.val_acc_best.update(torch.tensor(checkpoint["val_acc_best"]))
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        opt = OPTIMIZERS[hp.optimizer](self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.scheduler == "none":
+        opt, sched = build_optimizer(
+            self.parameters(), self.hparams, self.trainer.estimated_stepping_batches
+        )
+        if sched is None:
             return opt
-        steps = self.trainer.estimated_stepping_batches
-        if hp.scheduler == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps)
-        else:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def build_optimizer(
+    params: Any, hp: Any, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer and its per-step schedule from a DigitClassifier's hparams; also what
+    benchmarks/train_vs_torch.py's plain loop steps with."""
+    kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
+    if hp.optimizer != "sgd":
+        # fused: one kernel updates every tensor; one-cycle cycles betas[0] (0.85-0.95)
+        kwargs |= {"betas": tuple(hp.betas), "fused": True}
+    opt = OPTIMIZERS[hp.optimizer](params, **kwargs)
+    if hp.scheduler == "onecycle":
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total_steps)
+    if hp.scheduler == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return opt, None
