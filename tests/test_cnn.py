@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from hdr.augment import random_affine
+from hdr.augment import augment_batch, elastic, low_resolution, random_affine, random_thickness
 from hdr.data import MNISTDataModule
 from hdr.models import build_net
 from hdr.module import DigitClassifier
@@ -60,6 +60,35 @@ def test_augmentation_moves_pixels_but_keeps_the_ink():
     assert (y - x).abs().sum() > 0  # it does something...
     ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))  # ...but the digit stays on the page, whole
     assert ratio.min() > 0.75 and ratio.max() < 1.3
+
+
+@pytest.mark.parametrize(
+    "augment",
+    [
+        lambda x: random_thickness(x, 1.0),
+        lambda x: elastic(x, 34, 4),
+        lambda x: low_resolution(x, 1.0),
+        lambda x: augment_batch(x, 12, (0.85, 1.15), 3, 1.0, 34, 4, 0.25),
+    ],
+    ids=["thickness", "elastic", "low_res", "all"],
+)
+def test_drawing_augmentations_change_digits_but_keep_them_readable(augment, mnist):
+    torch.manual_seed(0)
+    x = mnist.splits["test"].images[:256]
+    y = augment(x)
+    assert y.shape == x.shape and y.isfinite().all() and y.min() >= 0 and y.max() <= 1.01
+    change = (y - x).abs().mean((1, 2, 3))
+    assert (change > 0.005).float().mean() > 0.5  # most images changed...
+    ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))  # ...none lost or blew up its ink
+    assert ratio.min() > 0.2 and ratio.max() < 4  # low-res blur spreads the ink as grey
+
+
+def test_thickness_goes_both_ways():
+    torch.manual_seed(0)
+    x = torch.zeros(400, 1, 28, 28)
+    x[:, :, 6:22, 12:16] = 1  # a bar 4 px wide
+    ink = random_thickness(x, 1.0).sum((1, 2, 3)) / x.sum((1, 2, 3))
+    assert ink.min() < 0.8 and ink.max() > 1.4  # thinner and thicker pens both occur
 
 
 @pytest.fixture(scope="module")

@@ -31,3 +31,76 @@ def random_affine(
     )
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_thickness(x: torch.Tensor, amount: float = 1.0) -> torch.Tensor:
+    """Strokes made thicker or thinner, each image by its own random amount in
+    [-amount, amount]: a blend towards the 3x3 dilation (max-pool) above 0, towards the
+    erosion (min-pool) below it, half as far, since a whole erosion wipes out MNIST's
+    2-px strokes. Thick markers and thin pens, on the tensor side."""
+    t = (torch.rand(len(x), 1, 1, 1, device=x.device) * 2 - 1) * amount
+    thick = F.max_pool2d(x, 3, stride=1, padding=1)
+    thin = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    return torch.where(t > 0, x + t * (thick - x), x - t / 2 * (thin - x))
+
+
+def elastic(x: torch.Tensor, alpha: float = 34.0, sigma: float = 4.0) -> torch.Tensor:
+    """Elastic distortion (Simard et al. 2003): every pixel moved by a random field,
+    uniform in [-1, 1] per pixel, smoothed by a Gaussian of `sigma` px, scaled by `alpha` px."""
+    n, _, h, w = x.shape
+    radius = int(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(2, 1, 1, 1)
+    field = torch.rand(n, 2, h, w, device=x.device, dtype=x.dtype) * 2 - 1
+    field = F.conv2d(F.pad(field, (radius, radius, 0, 0), mode="reflect"), kernel, groups=2)
+    field = F.conv2d(F.pad(field, (0, 0, radius, radius), mode="reflect"),
+                     kernel.transpose(2, 3), groups=2)  # fmt: skip
+    # pixels -> grid_sample's [-1, 1] coordinates
+    field = (
+        field * alpha * 2 / torch.tensor([w, h], device=x.device, dtype=x.dtype).view(1, 2, 1, 1)
+    )
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).expand(n, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False) + field.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def low_resolution(
+    x: torch.Tensor, share: float = 0.3, sizes: Sequence[int] = (8, 14)
+) -> torch.Tensor:
+    """A random `share` of the images sent through a low-resolution round trip, as a small
+    or blurry scan: shrunk to one random side in `sizes` (area average), then blown back
+    up bilinearly, which also blurs."""
+    pick = torch.rand(len(x), device=x.device) < share
+    if not pick.any():
+        return x
+    side = int(torch.randint(sizes[0], sizes[1] + 1, ()))
+    small = F.interpolate(x[pick], size=(side, side), mode="area")
+    x = x.clone()
+    x[pick] = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return x
+
+
+def augment_batch(
+    x: torch.Tensor,
+    rotate: float = 0.0,
+    scale: Sequence[float] = (1.0, 1.0),
+    shift: float = 0.0,
+    thickness: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
+    low_res: float = 0.0,
+) -> torch.Tensor:
+    """Each augmentation that is switched on (a non-zero setting), on the whole batch:
+    stroke thickness, elastic distortion, the random affine, then low-resolution round
+    trips. Recipes set them under model.augment; checkpoints from before the newer ones
+    rebuild with them off."""
+    if thickness:
+        x = random_thickness(x, thickness)
+    if elastic_alpha:
+        x = elastic(x, elastic_alpha, elastic_sigma)
+    if rotate or shift or tuple(scale) != (1.0, 1.0):
+        x = random_affine(x, rotate, scale, shift)
+    if low_res:
+        x = low_resolution(x, low_res)
+    return x

@@ -108,8 +108,19 @@ class Augment:
     rotate: float = MISSING
     scale: list[float] = MISSING
     shift: float = MISSING
+    # Off unless a recipe sets them (hdr.augment.augment_batch):
+    thickness: float = 0.0  # strokes up to this far towards a 3x3 dilation / erosion
+    elastic_alpha: float = 0.0  # elastic distortion, pixels
+    elastic_sigma: float = 4.0  # its smoothness, pixels
+    low_res: float = 0.0  # share of images sent through a low-resolution round trip
 
     def __post_init__(self) -> None:
+        _require(0 <= self.thickness <= 1, "model.augment.thickness", self.thickness, "in [0, 1]")
+        alpha = self.elastic_alpha
+        _require(alpha >= 0, "model.augment.elastic_alpha", alpha, "pixels, >= 0 (0: off)")
+        sigma = self.elastic_sigma
+        _require(sigma > 0, "model.augment.elastic_sigma", sigma, "pixels, > 0, e.g. 4")
+        _require(0 <= self.low_res <= 1, "model.augment.low_res", self.low_res, "in [0, 1]")
         _require(self.rotate >= 0, "model.augment.rotate", self.rotate, "degrees, >= 0")
         lo_hi = len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]
         _require(lo_hi, "model.augment.scale", self.scale, "give [low, high], 0 < low <= high")

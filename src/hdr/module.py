@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from hdr.augment import random_affine
+from hdr.augment import augment_batch
 from hdr.data import MNIST_MEAN, MNIST_STD
 from hdr.models import build_net
 
@@ -66,7 +66,7 @@ class DigitClassifier(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         if self.hparams.augment:
-            x = random_affine(x, **self.hparams.augment)
+            x = augment_batch(x, **self.hparams.augment)
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         if not torch.isfinite(loss):  # training on would only make a misleading checkpoint

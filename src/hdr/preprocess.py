@@ -73,7 +73,10 @@ def ink(image: Any) -> np.ndarray:
         # A sketchpad: strokes on a transparent layer, whatever their colour; alpha is the ink.
         return alpha
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    return 1 - grey if np.median(border) > 0.5 else grey
+    paper = np.median(border)
+    x, paper = (1 - grey, 1 - paper) if paper > 0.5 else (grey, paper)
+    # Grey paper (a scan, a photo) is paper, not faint ink: stretch it to 0.
+    return np.clip((x - paper) / (1 - paper), 0, 1) if 0 < paper < 1 else x
 
 
 def to_mnist(image: Any) -> torch.Tensor:

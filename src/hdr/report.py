@@ -1,6 +1,6 @@
-"""A run's quality report, as a Lightning callback: confusion matrices, calibration, per-class
+"""A run's quality report, as Lightning callbacks: confusion matrices, calibration, per-class
 precision and recall, the most confident mistakes and the accuracy curves, written as PNGs
-into the run folder and as images into TensorBoard."""
+into the run folder and as images into TensorBoard; and the reading of people's drawings."""
 
 from pathlib import Path
 from typing import Any
@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
+from hdr.drawings import accuracy, make_drawings
 from hdr.utils import tensorboard_logger
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -132,3 +133,25 @@ class QualityReport(L.Callback):
         if writer is not None:
             writer.add_figure(tag, fig)
             writer.flush()
+
+
+class DrawingsReport(L.Callback):
+    """After the test: how well the model reads people's drawings (hdr.drawings), logged
+    as `test/drawings_acc` and `test/drawings_acc_<style>`. Made from MNIST test digits with
+    a fixed seed, they measure only: nothing here trains or chooses a model."""
+
+    _made: dict[tuple[int, int], dict] = {}  # the same drawings every run of a process
+
+    def __init__(self, per_style: int = 50, seed: int = 0) -> None:
+        self.per_style, self.seed = per_style, seed
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.per_style < 1 or trainer.sanity_checking:
+            return
+        key = (self.per_style, self.seed)
+        if key not in self._made:
+            test = trainer.datamodule.splits["test"]
+            self._made[key] = make_drawings(test.images, test.targets, *key)
+        for style, acc in accuracy(pl_module, self._made[key]).items():
+            name = "test/drawings_acc" + ("" if style == "all" else f"_{style}")
+            pl_module.log(name, acc)

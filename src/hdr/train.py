@@ -66,6 +66,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "pruned_at": pruned_at,
         "val_acc": metrics.get("val/acc_best"),
         "test_acc": metrics.get("test/acc"),
+        "drawings_acc": metrics.get("test/drawings_acc"),
         "epochs": trainer.current_epoch,
         "seconds": round(time.perf_counter() - start, 1),
         "checkpoint": str(Path(best).resolve()) if best else "",
@@ -79,6 +80,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         for key, name in (
             ("test/acc", "Test accuracy"),
             ("val/acc_best", "Best validation accuracy"),
+            ("test/drawings_acc", "Drawings read right (hdr.drawings)"),
         ):
             if key in metrics:
                 log.info("%s: %.2f%%", name, 100 * metrics[key])
@@ -106,7 +108,7 @@ def set_threads(setting: int | str | None) -> None:
     log.info("torch threads: %d", torch.get_num_threads())
 
 
-HP_METRICS = ("val/acc_best", "test/acc")  # the HPARAMS tab's metric columns
+HP_METRICS = ("val/acc_best", "test/acc", "test/drawings_acc")  # the HPARAMS tab's metrics
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
