@@ -20,7 +20,7 @@ from hdr.checkpoint import load_model as load_checkpoint
 from hdr.config import CONF_DIR
 from hdr.module import DigitClassifier
 from hdr.preprocess import BlankDrawing, read_picture, to_mnist
-from hdr.records import RESULT_FILE, RecordError, read_best, write_atomic
+from hdr.records import RESULT_FILE, RecordError, best_per_recipe, read_best, write_atomic
 
 # Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
 # brush for the user, on load and after Clear, so drawing works at once.
@@ -31,13 +31,46 @@ MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
 PREVIEWS = Path(tempfile.gettempdir()) / "hdr-app-previews"
 
 
+APP_RECIPE = "experiment=app"  # the recipe to train for the best reading of drawings
+Choice = tuple[DigitClassifier, str]  # a model, and a line describing it
+
+
 def best_record() -> Path:
     """Where the best model is recorded: `paths.best_record` of the real config."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return Path(compose("train").paths.best_record)
 
 
-def load_model(checkpoint: str | Path | None = None) -> tuple[DigitClassifier, str]:
+def recorded_models() -> dict[str, Choice]:
+    """The models to choose from: the best recorded one first (best by validation), then
+    the best run of each recipe found in the records, as {"recipe: about": (model, about)}."""
+    best_model, best_about = load_model()
+    best = read_best(best_record())
+    choices = {f"best: {best_about}": (best_model, best_about)}
+    seen = {Path(best["checkpoint"]).resolve()}
+    for run in best_per_recipe(best_record().parent):
+        if Path(run["checkpoint"]).resolve() in seen:
+            continue
+        seen.add(Path(run["checkpoint"]).resolve())
+        try:
+            model, about = load_model(run["checkpoint"])
+        except CheckpointError as e:  # one unreadable run must not keep the app down
+            print(f"Skipped {run['checkpoint']}: {e}", file=sys.stderr)
+            continue
+        choices[f"{run['recipe']}: {about}"] = (model, about)
+    return choices
+
+
+def to_compare(choices: dict[str, Choice]) -> tuple[str, str] | None:
+    """The student's MLP (else the best MLP) and the best CNN among the choices, by label;
+    None unless there are both."""
+    mlps = [k for k, (m, _) in choices.items() if m.hparams.net["name"] == "mlp"]
+    cnns = [k for k, (m, _) in choices.items() if m.hparams.net["name"] == "cnn"]
+    student = [k for k in mlps if k.startswith("student: ")]
+    return ((student or mlps)[0], cnns[0]) if mlps and cnns else None
+
+
+def load_model(checkpoint: str | Path | None = None) -> Choice:
     """The given checkpoint, else the best recorded one; also a line describing it."""
     path = Path(checkpoint or read_best(best_record())["checkpoint"])
     model = load_checkpoint(path)  # weights only; CheckpointError says what is wrong
@@ -122,10 +155,31 @@ def make_predict_picture(model: DigitClassifier):
     return predict_picture
 
 
-def build(model: DigitClassifier, about: str) -> gr.Blocks:
-    predict = make_predict(model)
+def build(choices: dict[str, Choice]) -> gr.Blocks:
+    """The page for these models (the first is the default): the sketchpad, the model's
+    top 3 and what it saw, an upload, and, when there are an MLP and a CNN, both side by
+    side. API: /predict and /picture (the default model), /compare (both)."""
+    default = next(iter(choices))
+    models = {label: model for label, (model, _) in choices.items()}
+    compare = to_compare(choices)
+
+    def predict(image: dict | np.ndarray | None, label: str) -> Answer:
+        return make_predict(models[label])(image)
+
+    def predict_picture(path: str | None, label: str) -> Answer:
+        return make_predict_picture(models[label])(path)
+
+    def both(image: dict | np.ndarray | None) -> tuple[dict | str, dict | str]:
+        """For a drawing: the top 3 of the student's MLP and of the best CNN."""
+        return tuple(make_predict(models[label])(image)[0] for label in compare)
+
     with gr.Blocks(title="hdr: draw a digit") as demo:
-        gr.Markdown(f"## Draw a digit\nModel: {about}")
+        gr.Markdown(
+            "## Draw a digit\n"
+            f"For the best reading of drawings, train the app's model: `python -m hdr.train "
+            f"{APP_RECIPE}` (about 12 minutes on a laptop CPU)."
+        )
+        chosen = gr.State(default)  # a State, so API calls get the default model
         with gr.Row():
             pad = gr.Sketchpad(
                 type="numpy",
@@ -137,15 +191,27 @@ def build(model: DigitClassifier, about: str) -> gr.Blocks:
             # .pyi stub beside this file.
             pad.convert_and_format_image = decode
             with gr.Column():
+                picker = gr.Dropdown(list(choices), value=default, label="model",
+                                    visible=len(choices) > 1)  # fmt: skip
                 label = gr.Label(num_top_classes=3, label="prediction")
                 seen = gr.Image(label="what the model sees (28x28)", height=168, format="png")
                 upload = gr.File(label="or upload a picture", file_types=["image"], height=120)
         with gr.Row():
             clear = gr.ClearButton([pad, label, seen, upload], value="Clear")
             submit = gr.Button("Submit", variant="primary")
-        submit.click(predict, pad, [label, seen], api_name="predict")
-        pad.change(predict, pad, [label, seen], api_name=False, show_progress="hidden")
-        upload.upload(make_predict_picture(model), upload, [label, seen], api_name="picture")
+        if compare:
+            gr.Markdown("### Compare: the student's MLP and the best CNN, on the same drawing")
+            with gr.Row():
+                mlp_label = gr.Label(num_top_classes=3, label=f"MLP: {compare[0]}")
+                cnn_label = gr.Label(num_top_classes=3, label=f"CNN: {compare[1]}")
+            clear.add([mlp_label, cnn_label])
+            submit.click(both, pad, [mlp_label, cnn_label], api_name="compare")
+            pad.change(both, pad, [mlp_label, cnn_label], api_name=False, show_progress="hidden")
+        picker.change(lambda label: label, picker, chosen, api_name=False)
+        picker.change(predict, [pad, picker], [label, seen], api_name=False)
+        submit.click(predict, [pad, chosen], [label, seen], api_name="predict")
+        pad.change(predict, [pad, chosen], [label, seen], api_name=False, show_progress="hidden")
+        upload.upload(predict_picture, [upload, chosen], [label, seen], api_name="picture")
         clear.click(None, js=PICK_BRUSH)
         demo.load(None, js=PICK_BRUSH)
     # Two requests at a time: one's I/O overlaps the other's compute. On 2 cores this served
@@ -155,17 +221,19 @@ def build(model: DigitClassifier, about: str) -> gr.Blocks:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", help="a .ckpt; default: the best recorded model")
+    parser.add_argument("--checkpoint", help="a .ckpt; default: the recorded models, best first")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve your network")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args()
     try:
-        model, about = load_model(args.checkpoint)
+        if args.checkpoint:
+            model, about = load_model(args.checkpoint)
+            choices = {about: (model, about)}
+        else:
+            choices = recorded_models()
     except (RecordError, CheckpointError) as e:
         sys.exit(str(e))
-    build(model, about).launch(
-        server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD
-    )
+    build(choices).launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@ load, a real browser."""
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-from app.app import MAX_UPLOAD, best_record, build, load_model, make_predict
+from app.app import (
+    MAX_UPLOAD,
+    best_record,
+    build,
+    load_model,
+    make_predict,
+    recorded_models,
+    to_compare,
+)
 from hdr.checkpoint import CheckpointError
 from hdr.config import ROOT
 from hdr.records import RecordError
@@ -134,8 +144,26 @@ def test_predict_reads_a_drawing_and_declines_a_blank(trained_checkpoint, digits
 
 
 @pytest.fixture(scope="module")
-def server(trained_checkpoint):
-    demo = build(*load_model(trained_checkpoint))
+def cnn_checkpoint(tmp_path_factory) -> Path:
+    """A small CNN, briefly trained: enough to read clear digits."""
+    from hdr.data import MNISTDataModule
+    from hdr.module import DigitClassifier
+
+    torch.manual_seed(0)
+    model = DigitClassifier(net={"name": "cnn", "channels": [8, 16]}, lr=0.003)
+    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
+    trainer = quiet_trainer(max_steps=200)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path_factory.mktemp("cnn") / "cnn.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint, cnn_checkpoint):
+    """The app with two models: the default an MLP (as the student's), and a CNN."""
+    mlp, cnn = load_model(trained_checkpoint), load_model(cnn_checkpoint)
+    demo = build({f"student: {mlp[1]}": mlp, f"app: {cnn[1]}": cnn})
     port = free_port()
     demo.launch(
         server_name="127.0.0.1",
@@ -296,7 +324,16 @@ def test_browser_draws_submits_and_clears(server, tmp_path):
         submit.click()
         prediction = page.locator(".output-class").first
         expect(prediction).to_have_text("7", timeout=30_000)
+        # The compare view: the MLP and the CNN both read the same drawing.
+        expect(page.locator(".output-class")).to_have_count(3, timeout=30_000)
+        expect(page.locator(".output-class").nth(1)).to_have_text("7", timeout=30_000)
+        expect(page.locator(".output-class").nth(2)).to_have_text("7", timeout=30_000)
         page.screenshot(path=str(tmp_path / "app_drawn_7.png"))
+        # Another model from the dropdown reads the drawing at once.
+        page.get_by_label("model").click()
+        page.get_by_role("option", name="app: CNN", exact=False).click()
+        expect(page.get_by_label("model")).to_have_value(re.compile("^app: CNN"), timeout=10_000)
+        expect(prediction).to_have_text("7", timeout=30_000)
         page.get_by_role("button", name="Clear", exact=True).click()
         expect(page.locator(".output-class")).to_have_count(0, timeout=10_000)
         submit.click()  # what is left on the canvas after Clear: nothing to read
@@ -304,16 +341,45 @@ def test_browser_draws_submits_and_clears(server, tmp_path):
         browser.close()
 
 
-def test_the_app_serves_a_cnn_too(tmp_path, digits):
-    from hdr.data import MNISTDataModule
-    from hdr.module import DigitClassifier
-
-    model = DigitClassifier(net={"name": "cnn", "channels": [8, 16]}, lr=0.003)
-    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
-    trainer = quiet_trainer(max_steps=60)
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(tmp_path / "cnn.ckpt")
-    loaded, about = load_model(tmp_path / "cnn.ckpt")
+def test_the_app_serves_a_cnn_too(cnn_checkpoint, digits):
+    loaded, about = load_model(cnn_checkpoint)
     assert about.startswith("CNN [8, 16]")
     label, _ = make_predict(loaded)(sketch(redraw(digits.images[1], 400, 0.6, "centre", False)))
     assert max(label, key=label.get) == str(digits.targets[1].item())
+
+
+@pytest.mark.slow
+def test_api_compare_gives_both_models_top3(client, digits, pictures):
+    mlp, cnn = client.predict(drawing(pictures["sketch.png"]), api_name="/compare")
+    truth = str(digits.targets[0].item())
+    for answer in (mlp, cnn):
+        assert len(answer["confidences"]) == 3
+        assert answer["label"] == truth
+
+
+def test_recorded_models_offer_the_best_of_each_recipe_best_first(
+    tmp_path, monkeypatch, trained_checkpoint, cnn_checkpoint
+):
+    monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
+    runs = {
+        "a": {"status": "ok", "val_acc": 0.95, "checkpoint": str(trained_checkpoint),
+              "overrides": ["experiment=seed", "model.lr=0.01"]},
+        "b": {"status": "ok", "val_acc": 0.97, "checkpoint": str(cnn_checkpoint),
+              "overrides": ["experiment=app"]},
+        "c": {"status": "ok", "val_acc": 0.90, "checkpoint": str(trained_checkpoint),
+              "overrides": ["experiment=student"]},  # beaten by a: not offered
+        "d": {"status": "failed", "val_acc": 0.99, "checkpoint": str(cnn_checkpoint)},
+        "e": {"status": "ok", "val_acc": 0.99, "checkpoint": str(tmp_path / "gone.ckpt"),
+              "overrides": ["experiment=cnn"]},  # its checkpoint was deleted
+    }  # fmt: skip
+    for name, result in runs.items():
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        (tmp_path / "sweep" / name / "result.json").write_text(json.dumps(result))
+    (tmp_path / "best.json").write_text(json.dumps(runs["b"]))
+    choices = recorded_models()
+    labels = list(choices)
+    assert len(labels) == 2
+    assert labels[0].startswith("best: CNN [8, 16]") and labels[1].startswith("student: MLP")
+    assert to_compare(choices) == (labels[1], labels[0])
+    (mlp, _), (cnn, _) = choices[labels[1]], choices[labels[0]]
+    assert mlp.hparams.net["name"] == "mlp" and cnn.hparams.net["name"] == "cnn"

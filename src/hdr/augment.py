@@ -39,24 +39,30 @@ def random_thickness(x: torch.Tensor, amount: float = 1.0) -> torch.Tensor:
     erosion (min-pool) below it, half as far, since a whole erosion wipes out MNIST's
     2-px strokes. Thick markers and thin pens, on the tensor side."""
     t = (torch.rand(len(x), 1, 1, 1, device=x.device) * 2 - 1) * amount
-    thick = F.max_pool2d(x, 3, stride=1, padding=1)
-    thin = -F.max_pool2d(-x, 3, stride=1, padding=1)
-    return torch.where(t > 0, x + t * (thick - x), x - t / 2 * (thin - x))
+    # One 3x3 max for both: the dilation of x and, negated, of -x (the erosion). Shifted
+    # maxima, rows then columns: several times faster than max_pool2d on 1-channel images.
+    both = F.pad(torch.cat([x, -x]), (1, 1, 1, 1), value=-math.inf)
+    rows = torch.maximum(torch.maximum(both[..., :-2], both[..., 1:-1]), both[..., 2:])
+    both = torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+    thick, thin = both.chunk(2)
+    return torch.where(t > 0, x + t * (thick - x), x + t / 2 * (thin + x))
 
 
 def elastic(x: torch.Tensor, alpha: float = 34.0, sigma: float = 4.0) -> torch.Tensor:
     """Elastic distortion (Simard et al. 2003): every pixel moved by a random field,
-    uniform in [-1, 1] per pixel, smoothed by a Gaussian of `sigma` px, scaled by `alpha` px."""
+    uniform in [-1, 1] per pixel, smoothed by a Gaussian of `sigma` px, scaled by `alpha` px.
+    The smoothing is two small matrix products (rows, then columns), not a convolution:
+    ~20x faster on a CPU for 28x28 fields."""
     n, _, h, w = x.shape
-    radius = int(3 * sigma)
-    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(2, 1, 1, 1)
+
+    def gaussian(size: int) -> torch.Tensor:  # [size, size]; each column sums to 1
+        i = torch.arange(size, device=x.device, dtype=x.dtype)
+        g = torch.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma**2))
+        return g / g.sum(0, keepdim=True)
+
     field = torch.rand(n, 2, h, w, device=x.device, dtype=x.dtype) * 2 - 1
-    field = F.conv2d(F.pad(field, (radius, radius, 0, 0), mode="reflect"), kernel, groups=2)
-    field = F.conv2d(F.pad(field, (0, 0, radius, radius), mode="reflect"),
-                     kernel.transpose(2, 3), groups=2)  # fmt: skip
-    # pixels -> grid_sample's [-1, 1] coordinates
+    field = gaussian(h).T @ field @ gaussian(w)
+    # pixels -> grid_sample's [-1, 1] coordinates (x first, then y)
     field = (
         field * alpha * 2 / torch.tensor([w, h], device=x.device, dtype=x.dtype).view(1, 2, 1, 1)
     )

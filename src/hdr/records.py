@@ -115,3 +115,31 @@ def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any
         log.warning("Could not record the best model in %s (%s); it is %s.", record, e, entry)
         return None
     return entry
+
+
+def recipe_of(result: dict[str, Any]) -> str:
+    """The recipe a run followed: its experiment=... override ("seed" read as its new name,
+    "student"), else "default"."""
+    overrides = result.get("overrides") or []
+    if isinstance(overrides, str):
+        overrides = overrides.split()
+    name = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "default")
+    return "student" if name == "seed" else name
+
+
+def best_per_recipe(log_dir: str | Path) -> list[dict[str, Any]]:
+    """The best finished run of each recipe under log_dir (runs and sweeps), by validation
+    accuracy, best first; each result gets its "recipe". Runs whose checkpoint is gone, and
+    damaged records, are passed over."""
+    best: dict[str, dict[str, Any]] = {}
+    for path in Path(log_dir).rglob(RESULT_FILE):
+        result = read_result(path.parent) or {}
+        val = result.get("val_acc")
+        if result.get("status") != "ok" or not isinstance(val, int | float):
+            continue
+        if not Path(str(result.get("checkpoint") or "")).is_file():
+            continue
+        recipe = recipe_of(result)
+        if recipe not in best or val > best[recipe]["val_acc"]:
+            best[recipe] = {**result, "recipe": recipe}
+    return sorted(best.values(), key=lambda r: -r["val_acc"])
