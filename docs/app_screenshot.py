@@ -1,6 +1,7 @@
-"""Re-make docs/app.png: start the app (best recorded model), draw a 3, Submit, screenshot.
+"""Re-make docs/app.png: start the app on the recorded models, draw a 3, Submit, screenshot
+the page with its comparison row (it shows when the records hold an MLP and a CNN).
 
-.venv/bin/python docs/app_screenshot.py
+HDR_LOG_DIR=<records> .venv/bin/python docs/app_screenshot.py
 """
 
 import math
@@ -21,7 +22,7 @@ wait_listening(PORT, server)
 try:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 820})
+        page = browser.new_page(viewport={"width": 1200, "height": 1060})
         page.goto(f"http://127.0.0.1:{PORT}/")
         canvas = page.locator("canvas").first
         expect(canvas).to_be_visible(timeout=30_000)
@@ -42,6 +43,7 @@ try:
         page.mouse.up()
         page.get_by_role("button", name="Submit", exact=True).click()
         expect(page.locator(".output-class").first).to_have_text("3", timeout=30_000)
+        expect(page.locator(".output-class")).to_have_count(3, timeout=30_000)  # compared
         time.sleep(1)
         page.screenshot(path="docs/app.png")
         browser.close()

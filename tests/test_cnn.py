@@ -68,7 +68,7 @@ def test_augmentation_moves_pixels_but_keeps_the_ink():
         lambda x: random_thickness(x, 1.0),
         lambda x: elastic(x, 34, 4),
         lambda x: low_resolution(x, 1.0),
-        lambda x: augment_batch(x, 12, (0.85, 1.15), 3, 1.0, 34, 4, 0.25),
+        lambda x: augment_batch(x, 12, (0.85, 1.15), 2, 0.3, 1.0, 34, 4, 0.15),
     ],
     ids=["thickness", "elastic", "low_res", "all"],
 )

@@ -86,6 +86,11 @@ def test_event_files_hold_curves_hparams_and_confusion_images(short_run):
         assert len(scalars[tag]) == 2, tag  # once per epoch, not per batch
     assert len(scalars["test/acc"]) == 1
     assert "hparams" in plugins and "hp/test_acc" in scalars
+    # People's drawings (hdr.drawings), per style and in all: read, mostly right.
+    styles = ("canvas", "thin_pen", "layer", "scan")
+    for tag in ("test/drawings_acc", *(f"test/drawings_acc_{s}" for s in styles)):
+        assert len(scalars[tag]) == 1 and 0.3 < scalars[tag][0] <= 1, tag
+    assert "hp/test_drawings_acc" in scalars
     for tag in ("val/confusion_matrix", "test/confusion_matrix"):
         width, height, png = images[tag]
         assert png.startswith(b"\x89PNG") and width > 200 and height > 200

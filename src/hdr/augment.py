@@ -12,9 +12,11 @@ def random_affine(
     rotate: float = 10.0,
     scale: Sequence[float] = (0.9, 1.1),
     shift: float = 2.0,
+    shear: float = 0.0,
 ) -> torch.Tensor:
     """Each image of [N, C, H, W] rotated by up to +-rotate degrees, scaled within `scale`,
-    shifted by up to +-shift pixels; the background (0) fills what moves in."""
+    slanted by a horizontal shear up to +-shear (0.3: about 17 degrees), shifted by up to
+    +-shift pixels; the background (0) fills what moves in."""
     n, _, h, w = x.shape
     angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(rotate)
     s = torch.empty(n, device=x.device).uniform_(scale[0], scale[1])
@@ -26,8 +28,9 @@ def random_affine(
         * 2
         / torch.tensor([w, h], device=x.device)
     )
+    k = (torch.rand(n, device=x.device) * 2 - 1) * shear
     theta = torch.stack(
-        [torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1
+        [torch.stack([cos, -sin + k, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1
     )
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -92,6 +95,7 @@ def augment_batch(
     rotate: float = 0.0,
     scale: Sequence[float] = (1.0, 1.0),
     shift: float = 0.0,
+    shear: float = 0.0,
     thickness: float = 0.0,
     elastic_alpha: float = 0.0,
     elastic_sigma: float = 4.0,
@@ -105,8 +109,8 @@ def augment_batch(
         x = random_thickness(x, thickness)
     if elastic_alpha:
         x = elastic(x, elastic_alpha, elastic_sigma)
-    if rotate or shift or tuple(scale) != (1.0, 1.0):
-        x = random_affine(x, rotate, scale, shift)
+    if rotate or shift or shear or tuple(scale) != (1.0, 1.0):
+        x = random_affine(x, rotate, scale, shift, shear)
     if low_res:
         x = low_resolution(x, low_res)
     return x

@@ -109,12 +109,14 @@ class Augment:
     scale: list[float] = MISSING
     shift: float = MISSING
     # Off unless a recipe sets them (hdr.augment.augment_batch):
+    shear: float = 0.0  # slant: horizontal shear up to this (0.3: about 17 degrees)
     thickness: float = 0.0  # strokes up to this far towards a 3x3 dilation / erosion
     elastic_alpha: float = 0.0  # elastic distortion, pixels
     elastic_sigma: float = 4.0  # its smoothness, pixels
     low_res: float = 0.0  # share of images sent through a low-resolution round trip
 
     def __post_init__(self) -> None:
+        _require(0 <= self.shear <= 1, "model.augment.shear", self.shear, "in [0, 1], e.g. 0.3")
         _require(0 <= self.thickness <= 1, "model.augment.thickness", self.thickness, "in [0, 1]")
         alpha = self.elastic_alpha
         _require(alpha >= 0, "model.augment.elastic_alpha", alpha, "pixels, >= 0 (0: off)")
