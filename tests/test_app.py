@@ -330,9 +330,10 @@ def test_browser_draws_submits_and_clears(server, tmp_path):
         expect(page.locator(".output-class").nth(2)).to_have_text("7", timeout=30_000)
         page.screenshot(path=str(tmp_path / "app_drawn_7.png"))
         # Another model from the dropdown reads the drawing at once.
-        page.get_by_label("model").click()
+        picker = page.get_by_role("combobox", name="model")
+        picker.click()
         page.get_by_role("option", name="app: CNN", exact=False).click()
-        expect(page.get_by_label("model")).to_have_value(re.compile("^app: CNN"), timeout=10_000)
+        expect(picker).to_have_value(re.compile("^app: CNN"), timeout=10_000)
         expect(prediction).to_have_text("7", timeout=30_000)
         page.get_by_role("button", name="Clear", exact=True).click()
         expect(page.locator(".output-class")).to_have_count(0, timeout=10_000)
