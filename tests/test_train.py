@@ -130,6 +130,29 @@ def test_validation_runs_once_per_epoch_on_5k_without_gradients(make_cfg):
 
 
 @pytest.mark.slow
+def test_the_weight_average_is_what_validation_checkpoints_and_test_score(make_cfg):
+    ema = ["+callbacks.ema._target_=hdr.ema.EMA", "+callbacks.ema.decay=0.99"]
+    metrics, objects = train(make_cfg([*SHORT_RUN, *ema]))
+    best = torch.load(
+        objects["trainer"].checkpoint_callback.best_model_path,
+        map_location="cpu",
+        weights_only=True,
+    )
+    average, raw = best["state_dict"], best["current_model_state"]  # raw: to resume a fit
+    assert any(not torch.equal(average[k], raw[k]) for k in average)
+    # The test scored the average that validation chose, not the raw weights.
+    tested = objects["model"].state_dict()
+    assert all(torch.equal(tested[k], average[k]) for k in average)
+    loaded = DigitClassifier.load_from_checkpoint(
+        objects["trainer"].checkpoint_callback.best_model_path, map_location="cpu"
+    ).eval()
+    test = objects["datamodule"].splits["test"]
+    with torch.inference_mode():
+        correct = (loaded(test.images).argmax(1) == test.targets).float().mean().item()
+    assert metrics["test/acc"] == pytest.approx(correct, abs=1e-6) and correct > 0.9
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment, target", [("fast_mlp", 0.98), ("fast_cnn", 0.99)])
 def test_fast_experiments_reach_their_accuracy(make_cfg, experiment, target):
     metrics, _ = train(make_cfg([f"experiment={experiment}"]))
