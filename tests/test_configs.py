@@ -87,6 +87,8 @@ def test_console_script_finds_the_config_from_anywhere(tmp_path):
         ("experiment=fast_cnn model.net.padding=[0,0]", "model.net.padding=[0, 0] is not allowed"),
         ("experiment=fast_cnn model.net.kernel_size=[5,3]", "a list of 3, one per conv block"),
         ("experiment=fast_cnn model.net.kernel_size=[9,9,3]", "shrink it to nothing"),
+        ("experiment=fast_cnn model.net.convs=[1,2]", "model.net.convs=[1, 2] is not allowed"),
+        ("model=cnn model.net.convs=0", "model.net.convs=0 is not allowed"),
         ("model.betas=[0.9,1.0]", "model.betas=[0.9, 1.0] is not allowed"),
         ("experiment=cnn model.augment.scale=[1.1,0.9]", "model.augment.scale=[1.1, 0.9]"),
         ("+model.lrr=0.1", "model.lrr is not a known key: model takes"),

@@ -83,6 +83,7 @@ class CNNNet:
     dropout: float = MISSING
     batch_norm: bool = MISSING
     pool_first: bool = MISSING
+    convs: Any = 1  # convs per block: an int for every block, or a list of one per block
 
     def __post_init__(self) -> None:
         _require(self.name == "cnn", "model.net.name", self.name, "use model=mlp for an MLP")
@@ -99,6 +100,7 @@ class CNNNet:
         _require(side >= 1, "model.net.channels", self.channels,
                  "each conv block halves the 28-px image and this many shrink it to nothing; "
                  "use fewer blocks or more padding")  # fmt: skip
+        _require(_ints(self.convs, blocks, 1), "model.net.convs", self.convs, f"{per_block}, >= 1")
         _require(self.hidden >= 1, "model.net.hidden", self.hidden, "must be >= 1")
         _fraction("model.net.dropout", self.dropout)
 

@@ -40,7 +40,9 @@ class CNN(nn.Sequential):
     the size through each conv (kernel_size // 2), 0 shrinks it by kernel_size - 1.
     pool_first moves the pool straight after the conv: max-pool commutes with ReLU, so the
     net computes nearly the same function, and batch norm and ReLU see 4x fewer values
-    (docs/performance.md). Checkpoints from before these options rebuild with the defaults.
+    (docs/performance.md). convs (one int, or one per block) above 1 adds that many minus
+    one 3x3 convs (with norm and ReLU) after a block's first, at the same size: depth where
+    the maps are small. Checkpoints from before these options rebuild with the defaults.
     """
 
     def __init__(
@@ -52,18 +54,22 @@ class CNN(nn.Sequential):
         dropout: float = 0.3,
         batch_norm: bool = True,
         pool_first: bool = False,
+        convs: int | Sequence[int] = 1,
         num_classes: int = 10,
     ) -> None:
         layers: list[nn.Module] = []
         c_in = 1
-        for c, k, p in zip(
-            channels, *conv_geometry(len(channels), kernel_size, padding), strict=True
-        ):
-            conv = [nn.Conv2d(c_in, int(c), k, padding=p, bias=not batch_norm)]
-            norm_act = ([nn.BatchNorm2d(int(c))] if batch_norm else []) + [nn.ReLU()]
+        per_block = [int(convs)] * len(channels) if isinstance(convs, int) else convs
+        geometry = conv_geometry(len(channels), kernel_size, padding)
+        for c, k, p, n in zip(map(int, channels), *geometry, per_block, strict=True):
+            norm_act = ([nn.BatchNorm2d(c)] if batch_norm else []) + [nn.ReLU()]
+            conv = [nn.Conv2d(c_in, c, k, padding=p, bias=not batch_norm)]
+            for _ in range(int(n) - 1):
+                inner = ([nn.BatchNorm2d(c)] if batch_norm else []) + [nn.ReLU()]
+                conv += inner + [nn.Conv2d(c, c, 3, padding=1, bias=not batch_norm)]
             pool = [nn.MaxPool2d(2)]
             layers += conv + pool + norm_act if pool_first else conv + norm_act + pool
-            c_in = int(c)
+            c_in = c
         side = feature_side(len(channels), kernel_size, padding)
         layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * side * side, hidden)]
         layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
