@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from hdr.checkpoint import load_model
-from hdr.drawings import STYLES, accuracy, draw, make_drawings
+from hdr.drawings import STYLES, accuracy, draw, make_drawings, pen_lines
 
 
 def test_each_style_is_a_picture_as_the_app_receives_it(mnist):
-    digit = mnist.splits["test"].images[0]
+    (lines,) = pen_lines(mnist.splits["test"].images[:1])
     rng = np.random.default_rng(0)
-    canvas, thin, layer, scan = (draw(digit, style, rng) for style in STYLES)
+    canvas, thin, layer, scan = (draw(lines, style, rng) for style in STYLES)
     assert canvas.shape == (400, 400, 3) and canvas[0, 0].tolist() == [255, 255, 255]
     assert thin.shape == (100, 100) and thin.min() < 128  # dark ink on white
     assert layer.shape == (512, 512, 4) and layer[..., 3].max() == 255 and layer[0, 0, 3] == 0
@@ -20,7 +20,7 @@ def test_each_style_is_a_picture_as_the_app_receives_it(mnist):
     for picture in (canvas, thin, layer, scan):
         assert picture.dtype == np.uint8
     with pytest.raises(ValueError, match="Unknown drawing style 'oil'"):
-        draw(digit, "oil", rng)
+        draw(lines, "oil", rng)
 
 
 def test_drawings_are_the_same_every_time_and_mostly_read_right(mnist, well_trained_checkpoint):
