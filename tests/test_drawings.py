@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hdr.checkpoint import load_model
-from hdr.drawings import STYLES, accuracy, draw, make_drawings, pen_lines
+from hdr.drawings import STYLES, accuracy, draw, make_drawings, pen_lines, pen_path, thin
 
 
 def test_each_style_is_a_picture_as_the_app_receives_it(mnist):
@@ -34,3 +34,20 @@ def test_drawings_are_the_same_every_time_and_mostly_read_right(mnist, well_trai
     acc = accuracy(load_model(well_trained_checkpoint), first)
     assert set(acc) == {*STYLES, "all"}
     assert acc["all"] > 0.7  # an MLP trained 4 epochs on plain MNIST reads most of them
+
+
+def test_thinning_keeps_a_ring_whole_and_one_pixel_wide():
+    i = torch.arange(84.0)
+    r = ((i[:, None] - 41.5) ** 2 + (i[None, :] - 41.5) ** 2).sqrt()
+    ring = ((r > 12) & (r < 21)).float()  # a stroke 9 px wide
+    line = thin(ring[None])[0]
+    ys, xs = line.nonzero(as_tuple=True)
+    radius = ((ys - 41.5) ** 2 + (xs - 41.5) ** 2).sqrt()
+    assert 15 < radius.mean() < 18.5 and radius.min() > 12 and radius.max() < 21  # its middle
+    blocks = line[:-1, :-1] * line[1:, :-1] * line[:-1, 1:] * line[1:, 1:]
+    assert blocks.sum() == 0  # no 2x2 block of ink: one pixel wide
+    angle = torch.atan2(ys - 41.5, xs - 41.5)
+    assert len(torch.unique(((angle + torch.pi) / (2 * torch.pi) * 72).long())) >= 71  # whole
+    # traced again with a 5-px pen: a ring 5 px wide, not the 9 px it was
+    pen = pen_path(torch.nn.functional.interpolate(line[None, None], scale_factor=2)[0, 0], 5)
+    assert 0.2 < pen.sum() / (ring.sum() * 4) < 0.75
