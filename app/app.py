@@ -177,7 +177,7 @@ def build(choices: dict[str, Choice]) -> gr.Blocks:
         gr.Markdown(
             "## Draw a digit\n"
             f"For the best reading of drawings, train the app's model: `python -m hdr.train "
-            f"{APP_RECIPE}` (about 10 minutes on a 2-core CPU)."
+            f"{APP_RECIPE}` (about 13 minutes on a 2-core CPU)."
         )
         chosen = gr.State(default)  # a State, so API calls get the default model
         with gr.Row():
