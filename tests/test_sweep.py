@@ -310,15 +310,17 @@ def test_a_sweep_killed_part_way_goes_on_where_it_stopped(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path, launcher):
-    # joblib: two runs at once, both reporting to the one SQLite study.
-    parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    # joblib: two runs at once, both reporting to the one SQLite study. A hopeless run may
+    # start while the second good run is still training, and can only be stopped once that
+    # one has finished: 6 epochs give it the time (with 3 it sometimes finished first).
+    joblib = launcher == "joblib"
+    parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if joblib else []
     args = (
-        "model.lr=0.01,0.003,1e-7,1e-8", "trainer.max_epochs=3", "sweep.prune=median",
+        "model.lr=0.01,0.003,1e-7,1e-8", f"trainer.max_epochs={6 if joblib else 3}",
+        "sweep.prune=median",
         "callbacks.pruning.startup_runs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", *parallel,
     )  # fmt: skip
     rows, log, folder = sweep(tmp_path, *args)
-    # Under joblib a hopeless run may start before the good ones finish: it is then
-    # stopped later, once the median has two finished runs behind it.
     statuses = {r["overrides"].split()[0]: r["status"] for r in rows}
     assert statuses["model.lr=0.01"] == statuses["model.lr=0.003"] == "ok"
     first = "pruned at epoch 1" if launcher == "basic" else "pruned at epoch"
