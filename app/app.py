@@ -3,9 +3,9 @@
 import argparse
 import hashlib
 import io
-import json
 import sys
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -20,7 +20,8 @@ from hdr.checkpoint import load_model as load_checkpoint
 from hdr.config import CONF_DIR
 from hdr.module import DigitClassifier
 from hdr.preprocess import BlankDrawing, read_picture, to_mnist
-from hdr.records import RESULT_FILE, RecordError, best_per_recipe, read_best, write_atomic
+from hdr.records import RecordError, best_per_recipe, read_best, read_result
+from hdr.utils import write_atomic
 
 # Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
 # brush for the user, on load and after Clear, so drawing works at once.
@@ -28,7 +29,12 @@ PICK_BRUSH = (
     "() => setTimeout(() => document.querySelector('button[aria-label=Brush]')?.click(), 300)"
 )
 MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
+MAX_LAYERS = 8  # a drawing's layers decoded at most; the page sends one, or a composite
+MAX_SKETCHES = 64  # drawings held half-sent (Gradio's blob storage), the oldest dropped first
 PREVIEWS = Path(tempfile.gettempdir()) / "hdr-app-previews"
+MAX_PREVIEWS = 256  # 28x28 previews kept on disk, the oldest deleted first
+# Gradio's own cache of uploads and outputs: every 10 minutes, files older than an hour go.
+DELETE_CACHE = (600, 3600)
 
 
 APP_RECIPE = "experiment=app"  # the recipe to train for the best reading of drawings
@@ -43,11 +49,18 @@ def best_record() -> Path:
 
 def recorded_models() -> dict[str, Choice]:
     """The models to choose from: the best recorded one first (best by validation), then
-    the best run of each recipe found in the records, as {"recipe: about": (model, about)}."""
-    best_model, best_about = load_model()
-    best = read_best(best_record())
-    choices = {f"best: {best_about}": (best_model, best_about)}
-    seen = {Path(best["checkpoint"]).resolve()}
+    the best run of each recipe found in the records, as {"recipe: about": (model, about)}.
+    A best record that is damaged or names an unreadable model is passed over, with one
+    line, for the others; RecordError only when there is no model at all."""
+    choices: dict[str, Choice] = {}
+    seen: set[Path] = set()
+    try:
+        best_model, best_about = load_model()
+        choices[f"best: {best_about}"] = (best_model, best_about)
+        seen.add(Path(read_best(best_record())["checkpoint"]).resolve())
+    except (RecordError, CheckpointError) as e:
+        first_error = e
+        print(f"Passed over the best record: {e}", file=sys.stderr)
     for run in best_per_recipe(best_record().parent):
         if Path(run["checkpoint"]).resolve() in seen:
             continue
@@ -58,6 +71,8 @@ def recorded_models() -> dict[str, Choice]:
             print(f"Skipped {run['checkpoint']}: {e}", file=sys.stderr)
             continue
         choices[f"{run['recipe']}: {about}"] = (model, about)
+    if not choices:
+        raise first_error
     return choices
 
 
@@ -74,15 +89,11 @@ def load_model(checkpoint: str | Path | None = None) -> Choice:
     """The given checkpoint, else the best recorded one; also a line describing it."""
     path = Path(checkpoint or read_best(best_record())["checkpoint"])
     model = load_checkpoint(path)  # weights only; CheckpointError says what is wrong
-    result = path.parent.parent / RESULT_FILE  # the run's own record, if it has one
-    try:
-        test_acc = json.loads(result.read_text()).get("test_acc")
-    except (OSError, ValueError, AttributeError):
-        test_acc = None
+    test_acc = (read_result(path.parent.parent) or {}).get("test_acc")  # its run's record
     net = model.hparams.net
     shape = net.get("channels") or net.get("hidden")  # conv channels, or hidden layer sizes
     about = f"{net['name'].upper()} {shape}, `{path}`"
-    if test_acc is not None:
+    if isinstance(test_acc, float):
         about += f", test accuracy {100 * test_acc:.2f}%"
     return model, about
 
@@ -97,8 +108,49 @@ def decode(file: FileData | bytes | None, flatten_on_white: bool = False) -> np.
         if isinstance(file, FileData):
             return read_picture(file.path, name=file.orig_name or "the drawing")
         return read_picture(bytes(file))
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
+    except ValueError as e:  # the message is the answer: no stack trace on the console
+        print(f"Refused a drawing: {e}", file=sys.stderr)
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def guard(pad: gr.Sketchpad) -> None:
+    """Bound what one request can make the Sketchpad decode. Gradio decodes the background,
+    every layer and the composite of a drawing, and keeps half-sent drawings by any id and
+    layer index a client names: 30 layers of one 4096x4096 upload took 6 GB. Here only the
+    composite is decoded when there is one (the model reads nothing else), at most
+    MAX_LAYERS layers otherwise, and at most MAX_SKETCHES half-sent drawings are held."""
+    preprocess, accept_blobs = pad.preprocess, pad.accept_blobs
+    pad.blob_storage = OrderedDict()
+
+    def bounded_preprocess(payload):
+        if payload is None:
+            return None
+        value = pad.blob_storage.pop(payload.id, None) if payload.id is not None else payload
+        if value is None:
+            return None
+        layers = [] if value.composite is not None else [x for x in value.layers if x]
+        if len(layers) > MAX_LAYERS:
+            raise gr.Error(
+                f"The drawing has {len(layers)} layers: send at most {MAX_LAYERS}, or its "
+                "composite.",
+                print_exception=False,
+            )
+        value = type(value)(background=None, layers=layers, composite=value.composite)
+        if payload.id is not None:  # as Gradio would have found it in its blob storage
+            pad.blob_storage[payload.id] = value
+        return preprocess(payload if payload.id is not None else value)
+
+    def bounded_accept_blobs(data):
+        index = data.data.get("index")
+        if index not in (None, "null") and not (str(index).isdigit() and int(index) < MAX_LAYERS):
+            raise gr.Error(f"A drawing has at most {MAX_LAYERS} layers.", print_exception=False)
+        accept_blobs(data)
+        pad.blob_storage.move_to_end(data.data["id"])
+        while len(pad.blob_storage) > MAX_SKETCHES:
+            pad.blob_storage.popitem(last=False)
+
+    bounded_accept_blobs._is_server_fn = True  # what Gradio's /component_server calls
+    pad.preprocess, pad.accept_blobs = bounded_preprocess, bounded_accept_blobs
 
 
 Answer = tuple[dict[str, float] | str, str | None]  # top classes or a message; preview file
@@ -115,7 +167,23 @@ def preview(x: torch.Tensor) -> str:
     path = PREVIEWS / f"{hashlib.sha256(png).hexdigest()[:32]}.png"
     if not path.exists():
         write_atomic(path, png)
+        prune_previews()
     return str(path)
+
+
+def prune_previews() -> None:
+    """Keep the newest MAX_PREVIEWS previews: a page fetches its own within a second, and
+    Gradio copies it into its cache, which delete_cache empties."""
+    files = sorted(PREVIEWS.glob("*.png"), key=_mtime)
+    for old in files[: max(0, len(files) - MAX_PREVIEWS)]:
+        old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # deleted meanwhile by another request
+        return 0.0
 
 
 def classify(model: DigitClassifier, x: torch.Tensor) -> Answer:
@@ -173,7 +241,7 @@ def build(choices: dict[str, Choice]) -> gr.Blocks:
         """For a drawing: the top 3 of the student's MLP and of the best CNN."""
         return tuple(make_predict(models[label])(image)[0] for label in compare)
 
-    with gr.Blocks(title="hdr: draw a digit") as demo:
+    with gr.Blocks(title="hdr: draw a digit", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
             "## Draw a digit\n"
             f"For the best reading of drawings, train the app's model: `python -m hdr.train "
@@ -190,6 +258,7 @@ def build(choices: dict[str, Choice]) -> gr.Blocks:
             # Set on the instance: a subclass of a Gradio component makes Gradio write a
             # .pyi stub beside this file.
             pad.convert_and_format_image = decode
+            guard(pad)
             with gr.Column():
                 picker = gr.Dropdown(list(choices), value=default, label="model",
                                     visible=len(choices) > 1)  # fmt: skip
@@ -223,7 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", help="a .ckpt; default: the recorded models, best first")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve your network")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=port, default=7860)
     args = parser.parse_args()
     try:
         if args.checkpoint:
@@ -233,7 +302,23 @@ def main() -> None:
             choices = recorded_models()
     except (RecordError, CheckpointError) as e:
         sys.exit(str(e))
-    build(choices).launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD)
+    try:
+        build(choices).launch(
+            server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD
+        )
+    except (OSError, ValueError) as e:  # a port in use, a host that is no address here
+        sys.exit(
+            f"Error: cannot serve on {args.host}:{args.port} ({str(e).splitlines()[0]}). "
+            "Choose a free --port, and a --host this machine has (127.0.0.1, or 0.0.0.0 for "
+            "every network)."
+        )
+
+
+def port(text: str) -> int:
+    """--port: a TCP port number, 1 to 65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port: give 1 to 65535, e.g. 7860")
+    return int(text)
 
 
 if __name__ == "__main__":

@@ -362,21 +362,32 @@ def test_recorded_models_offer_the_best_of_each_recipe_best_first(
     tmp_path, monkeypatch, trained_checkpoint, cnn_checkpoint
 ):
     monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
+    mlp, cnn = str(trained_checkpoint), str(cnn_checkpoint)
     runs = {
-        "a": {"status": "ok", "val_acc": 0.95, "checkpoint": str(trained_checkpoint),
+        "a": {"status": "ok", "val_acc": 0.95, "checkpoint": mlp,
               "overrides": ["experiment=seed", "model.lr=0.01"]},
-        "b": {"status": "ok", "val_acc": 0.97, "checkpoint": str(cnn_checkpoint),
+        "b": {"status": "ok", "val_acc": 0.97, "checkpoint": cnn,
               "overrides": ["experiment=app"]},
-        "c": {"status": "ok", "val_acc": 0.90, "checkpoint": str(trained_checkpoint),
+        "c": {"status": "ok", "val_acc": 0.90, "checkpoint": mlp,
               "overrides": ["experiment=student"]},  # beaten by a: not offered
-        "d": {"status": "failed", "val_acc": 0.99, "checkpoint": str(cnn_checkpoint)},
-        "e": {"status": "ok", "val_acc": 0.99, "checkpoint": str(tmp_path / "gone.ckpt"),
+        "d": {"status": "failed", "val_acc": 0.99, "checkpoint": cnn},
+        "e": {"status": "ok", "val_acc": 0.99, "checkpoint": None,
               "overrides": ["experiment=cnn"]},  # its checkpoint was deleted
+        "f": {"status": "ok", "val_acc": 0.999, "checkpoint": cnn,
+              "overrides": ["experiment=fast_cnn"]},  # forged: points outside its folder
     }  # fmt: skip
     for name, result in runs.items():
-        (tmp_path / "sweep" / name).mkdir(parents=True)
-        (tmp_path / "sweep" / name / "result.json").write_text(json.dumps(result))
-    (tmp_path / "best.json").write_text(json.dumps(runs["b"]))
+        folder = tmp_path / "sweep" / name
+        (folder / "checkpoints").mkdir(parents=True)
+        if name != "f":  # each run's checkpoint lives in its own folder
+            copy = folder / "checkpoints" / "best.ckpt"
+            if result["checkpoint"]:
+                copy.write_bytes(Path(result["checkpoint"]).read_bytes())
+            result["checkpoint"] = str(copy)
+        (folder / "result.json").write_text(json.dumps(result))
+    (tmp_path / "best.json").write_text(
+        json.dumps({**runs["b"], "dir": str(tmp_path / "sweep/b")})
+    )
     choices = recorded_models()
     labels = list(choices)
     assert len(labels) == 2

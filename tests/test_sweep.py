@@ -342,7 +342,7 @@ def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path, 
     [
         (lambda p: p.write_text("{not json"), True),
         (lambda p: p.write_text(""), True),
-        (lambda p: p.mkdir(), True),
+        (lambda p: p.write_text('{"checkpoint": "x.ckpt", "val_acc": 2.5}'), True),
         # Intact but read-only, naming a checkpoint that is gone: replaced in place.
         (
             lambda p: (
@@ -352,13 +352,18 @@ def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path, 
             False,
         ),  # fmt: skip
     ],
-    ids=["invalid", "empty", "directory", "read-only"],
+    ids=["invalid", "empty", "out-of-range", "read-only"],
 )
-def test_a_damaged_best_record_is_set_aside_and_replaced(tmp_path, damage, set_aside, caplog):
+def test_a_damaged_best_record_is_set_aside_and_replaced(
+    tmp_path, damage, set_aside, caplog, trained_checkpoint
+):
     record = tmp_path / "best.json"
     damage(record)
-    row = {"status": "ok", "checkpoint": str(tmp_path / "x.ckpt"), "val_acc": 0.9,
-           "test_acc": 0.89, "overrides": "model.lr=0.01", "dir": str(tmp_path)}  # fmt: skip
+    (tmp_path / "run").mkdir()
+    ckpt = tmp_path / "run" / "x.ckpt"
+    ckpt.write_bytes(trained_checkpoint.read_bytes())
+    row = {"status": "ok", "checkpoint": str(ckpt), "val_acc": 0.9,
+           "test_acc": 0.89, "overrides": "model.lr=0.01", "dir": str(ckpt.parent)}  # fmt: skip
     entry = record_best([row], record)
     assert entry["val_acc"] == 0.9 and read_best(record) == entry
     aside = list(tmp_path.glob("best.json.bad-*"))
@@ -367,6 +372,17 @@ def test_a_damaged_best_record_is_set_aside_and_replaced(tmp_path, damage, set_a
     if set_aside:  # one line: which file, what is wrong, where it went
         assert str(record) in warnings[0] and "damaged" in warnings[0]
         assert aside[0].name in warnings[0]
+
+
+def test_a_folder_named_as_the_best_record_is_never_moved(tmp_path, caplog, trained_checkpoint):
+    folder = tmp_path / "logs"
+    (folder / "run").mkdir(parents=True)
+    ckpt = folder / "run" / "x.ckpt"
+    ckpt.write_bytes(trained_checkpoint.read_bytes())
+    row = {"status": "ok", "checkpoint": str(ckpt), "val_acc": 0.9, "dir": str(ckpt.parent)}
+    assert record_best([row], folder) is None
+    assert ckpt.is_file() and not list(tmp_path.glob("logs.bad-*"))
+    assert "is a folder, not a file" in caplog.text
 
 
 @pytest.mark.slow

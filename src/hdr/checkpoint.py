@@ -1,17 +1,41 @@
-"""Reading checkpoints as data only (weights_only: no pickled code runs), with clear errors."""
+"""Reading checkpoints as data only (weights_only: no pickled code runs), with clear errors.
 
+A checkpoint is trusted only once it is checked: a zip of the size it claims (no entry that
+inflates), a state dict of tensors, a net description that builds, and weights whose names and
+shapes are the ones that net has. The net is first built on the meta device, which allocates
+nothing, so a small file that describes a huge net is refused before it costs memory.
+"""
+
+import inspect
+import io
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from hdr.models import build_net
+from hdr.models import NETS, build_net
 from hdr.module import DigitClassifier
+from hdr.utils import write_atomic
+
+# torch.save writes its zip uncompressed: entries larger than the file itself were inflated.
+INFLATION_SLACK = 1 << 20
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, damaged or not one of ours; the message says which and why."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but whole or not at all: a full disk or a kill leaves
+    the previous file under its name, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(path, buffer.getbuffer())
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -22,11 +46,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"No checkpoint at {path}. Each run keeps its own in its folder's checkpoints/ "
             "(the best so far is named in paths.best_record, outputs/best.json)."
         )
+    _check_container(path)
     try:  # weights_only: tensors and primitives only; a checkpoint is data, never code to run
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         # torch's own message ends in advice to unpickle with weights_only=False: never ours.
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        code = re.search(r"unsupported global:? (?:GLOBAL )?(\S+)", str(e), re.IGNORECASE)
         why = (
             f"it holds code ({code.group(1)}), which is never run: use a checkpoint that "
             "hdr.train wrote"
@@ -40,40 +65,104 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is a PyTorch file but not a checkpoint written by hdr.train "
             "(it has no model description): pass one from outputs/."
         )
+    _check_contents(path, ckpt)
     return ckpt
 
 
-def load_model(path: str | Path) -> DigitClassifier:
-    """The model saved at `path`, in eval mode on the CPU."""
-    ckpt = read_checkpoint(path)
-    broken = [
-        k
-        for k, t in ckpt["state_dict"].items()
-        if t.is_floating_point() and not t.isfinite().all()
-    ]
+def _check_container(path: Path) -> None:
+    """Refuse what is not torch's zip format, and zips whose entries inflate past the file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise CheckpointError(
+            f"Cannot read {path}: it is damaged (e.g. a copy cut short) or not a PyTorch "
+            "checkpoint."
+        ) from None
+    size = path.stat().st_size
+    if inflated > size + INFLATION_SLACK:
+        raise CheckpointError(
+            f"Cannot read {path}: its {size:,} bytes unpack to {inflated:,} (compressed "
+            "entries), which torch.save never writes. Use a checkpoint that hdr.train wrote."
+        )
+
+
+def _check_contents(path: Path, ckpt: dict[str, Any]) -> None:
+    """The model description builds, and the weights are the ones it describes, finite."""
+    hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
+    ours = f"{path} is not a checkpoint hdr.train wrote"
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in state.items()
+    ):
+        raise CheckpointError(f"{ours}: its state_dict is not a set of named tensors.")
+    known = set(inspect.signature(DigitClassifier.__init__).parameters) - {"self"}
+    unknown = sorted(set(map(str, hparams)) - known)
+    if unknown:
+        raise CheckpointError(f"{ours}: its hyper_parameters hold unknown keys {unknown}.")
+    expected = {f"net.{k}": tuple(t.shape) for k, t in meta_net(hparams["net"], path).items()}
+    found = {k: tuple(t.shape) for k, t in state.items() if k.startswith("net.")}
+    if expected != found:
+        wrong = sorted(set(expected.items()) ^ set(found.items()))[:3]
+        raise CheckpointError(
+            f"{ours}: its weights do not fit the net it describes ({hparams['net']}); "
+            f"first differences: {wrong}."
+        )
+    broken = [k for k, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
     if broken:
         raise CheckpointError(
             f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}): the run that "
             "wrote it diverged. Use another checkpoint, or train again with a lower model.lr."
         )
+
+
+def meta_net(net: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of the net `net` describes, built on the meta device (no memory)."""
+    if not isinstance(net, dict) or net.get("name") not in NETS:
+        raise CheckpointError(
+            f"{path} describes a net hdr cannot build ({net!r}): its net must be one of "
+            f"{', '.join(NETS)}."
+        )
+    try:
+        with torch.device("meta"):
+            return build_net(**net).state_dict()
+    except Exception as e:  # a keyword the net does not take, a value of the wrong kind
+        raise CheckpointError(
+            f"{path} describes a net hdr cannot build ({net}): {type(e).__name__}: {e}."
+        ) from None
+
+
+def load_model(path: str | Path) -> DigitClassifier:
+    """The model saved at `path`, in eval mode on the CPU."""
+    read_checkpoint(path)  # checked first: what follows only rebuilds what was checked
     try:
         model = DigitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # e.g. weights that do not fit the net its hparams describe
+    except Exception as e:  # e.g. an hparam of the wrong kind for the module
         reason = f"{type(e).__name__}: {e}"
-        raise CheckpointError(f"Cannot rebuild the model in {path}: {reason}") from e
+        raise CheckpointError(f"Cannot rebuild the model in {path}: {reason}") from None
     return model.eval()
 
 
-def check_resumable(path: str | Path, model: dict[str, Any]) -> None:
-    """Fail early, and say why, if `path` cannot resume a run whose config is `model`:
-    the net, the optimizer and the schedule must be those it was trained with."""
-    saved = read_checkpoint(path)["hyper_parameters"]
-    for key in ("net", "optimizer", "scheduler"):
+# What a resumed fit takes from the checkpoint rather than from this run's config: the net's
+# weights, and the optimizer's state (its learning rate, betas and decay) and schedule.
+RESUMED_FROM_CHECKPOINT = ("net", "optimizer", "lr", "betas", "weight_decay", "scheduler")
+
+
+def check_resumable(
+    path: str | Path, model: dict[str, Any], max_epochs: int | None, own_run: bool
+) -> tuple[int, bool]:
+    """Fail early, and say why, if `path` cannot resume a run whose config is `model` for
+    `max_epochs`: it was trained with the same net, optimizer and schedule, and has epochs
+    left to train, unless it is this run's own (killed after its last epoch, before its
+    record: it is then tested and recorded). Returns its global step, and whether it is
+    finished."""
+    ckpt = read_checkpoint(path)
+    saved = ckpt["hyper_parameters"]
+    for key in RESUMED_FROM_CHECKPOINT:
         # Nets compare by what they build: a description may leave defaults out.
         same = (
-            repr(build_net(**saved["net"])) == repr(build_net(**model["net"]))
+            repr(meta_net(saved["net"], path)) == repr(meta_net(model["net"], "this run"))
             if key == "net"
-            else saved.get(key) == model.get(key)
+            else _same(saved.get(key, _DEFAULTS.get(key)), model.get(key))
         )
         if not same:
             raise CheckpointError(
@@ -81,3 +170,23 @@ def check_resumable(path: str | Path, model: dict[str, Any]) -> None:
                 f"has model.{key}={model.get(key)}. Resume with the same {key} (the overrides "
                 "of the run that wrote it are in its .hydra/overrides.yaml)."
             )
+    epochs = int(ckpt.get("epoch", -1)) + 1  # checkpoints are saved as an epoch ends
+    finished = max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs
+    if finished and not own_run:
+        raise CheckpointError(
+            f"ckpt_path={path} has finished its training ({epochs} of trainer.max_epochs="
+            f"{max_epochs}): raise trainer.max_epochs to train it further, or test it as it "
+            f"is with train=false ckpt_path={path}."
+        )
+    return int(ckpt.get("global_step", 0)), finished
+
+
+_DEFAULTS = {
+    k: p.default for k, p in inspect.signature(DigitClassifier.__init__).parameters.items()
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return list(a) == list(b)
+    return a == b

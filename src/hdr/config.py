@@ -7,6 +7,7 @@ says what is allowed.
 """
 
 import math
+import os
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from hdr.models import ACTIVATIONS, conv_geometry, feature_side
+from hdr.models import ACTIVATIONS, conv_geometry, count_params, feature_side
 from hdr.module import OPTIMIZERS, SCHEDULERS
 from hdr.prune import PRUNERS
 from hdr.utils import cpu_precision
@@ -40,11 +41,9 @@ def _choice(key: str, value: str, choices: Any) -> None:
     _require(value in choices, key, value, f"choose one of {', '.join(choices)}")
 
 
-def _positive_ints(key: str, values: list[int]) -> None:
+def _positive_ints(key: str, values: list[int], example: str) -> None:
     ok = len(values) > 0 and all(v >= 1 for v in values)
-    _require(
-        ok, key, values, f"give one or more positive sizes, e.g. [{values[0] if values else 64}]"
-    )
+    _require(ok, key, values, f"give one or more positive sizes, e.g. {example}")
 
 
 def _ints(value: Any, n: int, least: int) -> bool:
@@ -68,7 +67,7 @@ class MLPNet:
 
     def __post_init__(self) -> None:
         _require(self.name == "mlp", "model.net.name", self.name, "use model=cnn for a CNN")
-        _positive_ints("model.net.hidden", self.hidden)
+        _positive_ints("model.net.hidden", self.hidden, "[1400]")
         _choice("model.net.activation", self.activation, ACTIVATIONS)
         _fraction("model.net.dropout", self.dropout)
 
@@ -87,7 +86,7 @@ class CNNNet:
 
     def __post_init__(self) -> None:
         _require(self.name == "cnn", "model.net.name", self.name, "use model=mlp for an MLP")
-        _positive_ints("model.net.channels", self.channels)
+        _positive_ints("model.net.channels", self.channels, "[32, 64, 128]")
         blocks, k, pad = len(self.channels), self.kernel_size, self.padding
         per_block = f"an int for every block, or a list of {blocks}, one per conv block"
         _require(_ints(k, blocks, 1), "model.net.kernel_size", k, f"{per_block}, each >= 1")
@@ -142,7 +141,9 @@ class Model:
     weight_decay: float = MISSING
     scheduler: str = MISSING
     label_smoothing: float = MISSING
-    augment: Augment | None = MISSING
+    # Untyped for Hydra, checked as an Augment below: OmegaConf cannot merge a dict into a
+    # typed node that is null, so `model.augment={rotate: 10, ...}` would fail to compose.
+    augment: Any = MISSING
     standardize: bool = MISSING
     channels_last: bool = MISSING
 
@@ -155,6 +156,29 @@ class Model:
         _require(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "must be >= 0")
         _choice("model.scheduler", self.scheduler, SCHEDULERS)
         _fraction("model.label_smoothing", self.label_smoothing)
+        if self.augment is not None:
+            _augment(self.augment)
+
+
+def _augment(value: Any) -> None:
+    example = "e.g. {rotate: 10, scale: [0.9, 1.1], shift: 2}"
+    _require(isinstance(value, dict), "model.augment", value, f"null, or a mapping, {example}")
+    known = [f.name for f in fields(Augment)]
+    for key in value:
+        if key not in known:
+            raise ConfigError(
+                f"model.augment.{key} is not a known key: it takes {', '.join(known)}."
+            )
+    needed = [f.name for f in fields(Augment) if f.default is MISSING]
+    missing = [k for k in needed if k not in value]
+    _require(not missing, "model.augment", value, f"give {', '.join(missing)} too, {example}")
+    try:
+        Augment(**value)
+    except TypeError:  # a string where a number belongs
+        raise ConfigError(
+            f"model.augment={value!r} is not allowed: its values are numbers, scale a "
+            f"[low, high] pair, {example}."
+        ) from None
 
 
 @dataclass
@@ -217,11 +241,70 @@ def check(cfg: DictConfig) -> None:
         value = cfg.trainer.get(key)
         ok = value is None or (type(value) is int and value >= least)
         _require(ok, f"trainer.{key}", value, f"a whole number >= {least}, e.g. {example}")
+    for key in ("max_epochs", "max_steps"):
+        value = cfg.trainer.get(key)
+        _require(value != 0, f"trainer.{key}", 0, "a run must train: 1 or more (-1: no limit)")
+    limit = cfg.trainer.get("limit_train_batches")
+    ok = (
+        limit is None
+        or (type(limit) is int and limit >= 1)
+        or (type(limit) is float and 0 < limit <= 1)
+    )
+    _require(
+        ok,
+        "trainer.limit_train_batches",
+        limit,
+        "a run must train: a count >= 1, or a share in (0, 1]",
+    )
+    if not cfg.get("train"):
+        _require(
+            cfg.get("ckpt_path"),
+            "train",
+            False,
+            "train=false tests a checkpoint: give ckpt_path=PATH, or leave train on",
+        )
+        _require(cfg.get("test"), "test", False, "with train=false too there is nothing to do")
+    seed = cfg.get("seed")
+    ok = seed is None or (type(seed) is int and 0 <= seed < 2**32)
+    _require(ok, "seed", seed, "a whole number from 0 to 4294967295, or null for a random one")
+    metric = str(cfg.get("optimized_metric"))
+    _require(
+        not metric.startswith("test/"),
+        "optimized_metric",
+        metric,
+        "sweeps choose by validation, never by the test set: use val/acc_best",
+    )
+    _net_fits(OmegaConf.to_container(cfg.model.net))
+    for key in ("best_record", "log_dir"):
+        path = Path(str(cfg.paths.get(key)))
+        is_dir = key == "log_dir"
+        _require(
+            not path.exists() or path.is_dir() == is_dir,
+            f"paths.{key}",
+            str(path),
+            "it must be a folder (or not exist yet)"
+            if is_dir
+            else "it is a folder: name a file, e.g. outputs/best.json",
+        )
     threads = cfg.get("torch_threads")
     ok = threads in (None, "auto") or (type(threads) is int and threads >= 1)
     _require(ok, "torch_threads", threads, "auto, or a whole number >= 1 of threads per run")
     if "sweep" in cfg:
         _choice("sweep.prune", cfg.sweep.prune, PRUNERS)
+
+
+def _net_fits(net: dict[str, Any]) -> None:
+    """Refuse a net too big for this machine's memory, before a byte of it is allocated."""
+    params = count_params(**net)
+    need = 16 * params  # 4 bytes each: the weights, their gradients, Adam's two moments
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    _require(
+        need <= 0.8 * memory,
+        "model.net",
+        net,
+        f"its {params:,} parameters need about {need / 2**30:.0f} GiB to train, more than "
+        f"80% of this machine's {memory / 2**30:.0f} GiB: use fewer or smaller layers",
+    )
 
 
 def _no_unknown_keys(node: Any, prefix: str) -> None:

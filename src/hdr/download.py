@@ -21,6 +21,12 @@ RAW_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+RAW_SIZES = {  # bytes: the IDX header, then one byte per pixel or label
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
+}
 PROVIDE = (
     "Without internet, copy the four raw IDX files ({names}) into {folder}, or point "
     "HDR_DATA_DIR (or data.data_dir=...) at a folder holding MNIST/raw/."
@@ -58,7 +64,15 @@ def verify_raw_files(root: str | Path) -> None:
         )
     for name, expected in RAW_SHA256.items():
         path = folder / name
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        size = path.stat().st_size
+        if size != RAW_SIZES[name]:  # told from its size alone: a wrong file is never read
+            raise DataError(
+                f"MNIST file is damaged: {path} is {size:,} bytes, expected "
+                f"{RAW_SIZES[name]:,}. Delete it and download again (data.download=true), or "
+                "copy a good one from another machine."
+            )
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         if digest != expected:
             raise DataError(
                 f"MNIST file is damaged: {path} ({path.stat().st_size:,} bytes, sha256 "

@@ -7,6 +7,7 @@ built from a config.
 from collections.abc import Sequence
 from itertools import pairwise
 
+import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -23,6 +24,8 @@ class MLP(nn.Sequential):
         in_features: int = 28 * 28,
         num_classes: int = 10,
     ) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: one of {', '.join(ACTIVATIONS)}")
         layers: list[nn.Module] = [nn.Flatten()]
         widths = [in_features, *map(int, hidden)]
         for n_in, n_out in pairwise(widths):
@@ -103,6 +106,13 @@ def feature_side(
 
 
 NETS = {"mlp": MLP, "cnn": CNN}
+
+
+def count_params(name: str, **kwargs) -> int:
+    """The parameters of the net `build_net` would build, counted on the meta device: a net
+    of any size costs no memory to count."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_net(name, **kwargs).parameters())
 
 
 def build_net(name: str, **kwargs) -> nn.Module:

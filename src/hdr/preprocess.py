@@ -19,10 +19,15 @@ BOX = 20  # the longer side of the digit after scaling, as in MNIST
 SIZE = 28
 MIN_INK = 0.2  # a pixel darker than this (0 = paper, 1 = full ink) counts as drawn
 MAX_SIDE = 4096  # uploads larger than this many pixels a side are refused, not decoded
+MIN_STRONG = 0.3  # the least share of a digit's inked pixels that is strong ink (> 0.5)
 
 
 class BlankDrawing(ValueError):
     """Nothing (or too little) was drawn to read a digit from."""
+
+
+class NotADigit(ValueError):
+    """Something is there, but nothing like a digit's strokes: noise, a texture, a smudge."""
 
 
 def ink(image: Any) -> np.ndarray:
@@ -57,6 +62,14 @@ def ink(image: Any) -> np.ndarray:
     if a.dtype.kind == "b":  # a mask: True is ink's colour, as white is
         a = a.astype(np.uint8) * 255
     scale = 1.0 if a.dtype.kind == "f" else float(np.iinfo(a.dtype).max)
+    if a.dtype.kind == "f" and a.size and a.max() > 1:  # 0-255 floats, or nothing we know
+        top = float(a.max())
+        if top > 255:
+            raise ValueError(
+                f"The picture's pixel values reach {top:.3g}, where 0 to 1 (or 0 to 255) "
+                "belong: save it as an ordinary 8-bit PNG or JPEG."
+            )
+        scale = 255.0
     a = np.clip(a.astype(np.float32) / scale, 0, 1)
     if a.ndim == 2:
         grey, alpha = a, None
@@ -108,7 +121,20 @@ def to_mnist(image: Any) -> torch.Tensor:
     left = min(max(left, 0), SIZE - new[1])
     out = torch.zeros(SIZE, SIZE)
     out[top : top + new[0], left : left + new[1]] = digit
+    # Strokes have a core of strong ink (in MNIST and every drawing style, 53% or more of
+    # the inked pixels are above 0.5); noise, a texture or a faint smudge has almost none
+    # (under 8%). Refuse those rather than read them confidently as some digit.
+    inked = out[out > MIN_INK]
+    if (inked > 0.5).float().mean() < MIN_STRONG:
+        raise NotADigit(
+            "This does not look like a digit: it is faint or speckled all over (noise, a "
+            "texture, a light smudge). Draw one digit with a dark pen on light paper."
+        )
     return out[None, None]
+
+
+# Pillow's own words (e.g. "Decompressed Data Too Large" for a text-chunk bomb) help no one.
+DAMAGED = "is damaged and cannot be decoded: send an ordinary PNG or JPEG"
 
 
 def read_picture(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
@@ -133,8 +159,8 @@ def read_picture(source: str | Path | bytes, name: str | None = None) -> np.ndar
         ) from None
     except UnidentifiedImageError:
         raise ValueError(f"{name} is not a picture: send a PNG or JPEG of one digit.") from None
-    except (OSError, SyntaxError) as e:  # Pillow reports broken data as either
-        raise ValueError(f"{name} is damaged and cannot be decoded ({e}).") from None
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow reports broken data as any
+        raise ValueError(f"{name} {DAMAGED} ({type(e).__name__}).") from None
     with im:
         w, h = im.size
         if max(w, h) > MAX_SIDE:
@@ -145,8 +171,8 @@ def read_picture(source: str | Path | bytes, name: str | None = None) -> np.ndar
         try:
             im = ImageOps.exif_transpose(im)  # phone photos: upright as they were taken
             im.load()
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"{name} is damaged and cannot be decoded ({e}).") from None
+        except (OSError, SyntaxError, ValueError) as e:  # ValueError: a text-chunk bomb
+            raise ValueError(f"{name} {DAMAGED} ({type(e).__name__}).") from None
         if im.mode in ("1", "L", "LA", "RGB", "RGBA"):
             return np.asarray(im.convert("L") if im.mode == "1" else im)
         if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit greyscale, as PNG has it

@@ -5,19 +5,24 @@ half a record. Records are read defensively: a damaged one is named, and a damag
 is set aside and rewritten, never costing a finished run.
 """
 
+import fcntl
 import json
 import logging
 import math
 import os
 import sys
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hdr.utils import write_atomic
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"  # every run writes one into its own folder
+CLAIM_FILE = ".claim"  # held (flock) by the process that trains in the folder
 FINISHED = ("ok", "pruned")  # a sweep that comes back to such a run skips it
 
 
@@ -25,16 +30,26 @@ class RecordError(ValueError):
     """A record file is damaged; the message names it and says how to repair it."""
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write `data` to `path` whole or not at all: a temporary file, then a rename."""
-    path = Path(path)
+@contextmanager
+def claim(run_dir: str | Path) -> Iterator[str | None]:
+    """Hold `run_dir` while this process trains in it: an exclusive flock on its .claim file,
+    which the kernel lets go of when the process ends, however it ends (kill -9 too), so a
+    dead run never holds a folder. Yields None when claimed, else who holds it."""
+    path = Path(run_dir) / CLAIM_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            return
+        holder = f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%H:%M:%S')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        yield None
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def write_result(run_dir: str | Path, **fields: Any) -> None:
@@ -55,8 +70,15 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        return {"status": "failed", "error": f"damaged {RESULT_FILE}: {e}"}
-    return result if isinstance(result, dict) else {"status": "failed", "error": "damaged"}
+        result = f"{type(e).__name__}: {e}"
+    if isinstance(result, dict) and isinstance(result.get("status"), str):
+        return result
+    # Marked, so that a run coming back to it resumes from its checkpoints instead.
+    return {
+        "status": "failed",
+        "error": f"damaged {RESULT_FILE} ({str(result)[:100]})",
+        "damaged": True,
+    }
 
 
 def read_best(record: str | Path) -> dict[str, Any]:
@@ -75,31 +97,76 @@ def read_best(record: str | Path) -> dict[str, Any]:
     if not (
         isinstance(entry, dict)
         and isinstance(entry.get("checkpoint"), str)
-        and isinstance(entry.get("val_acc"), int | float)
-        and math.isfinite(entry["val_acc"])
+        and _accuracy(entry.get("val_acc"))
     ):
-        raise RecordError(f"{record} is damaged (no checkpoint and val_acc in it). {fix}")
+        raise RecordError(
+            f"{record} is damaged (no checkpoint and a val_acc in [0, 1] in it). {fix}"
+        )
     return entry
 
 
-def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any] | None:
-    """Point `record` at the best finished run of `rows` if it beats the one recorded.
+def _accuracy(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1
 
-    Pruned and failed runs never count. A damaged record is set aside as
-    `<name>.bad-<time>` with one warning and replaced; a record that cannot be written is
-    warned about. Neither fails the run or the sweep that calls this.
+
+def distrust(row: dict[str, Any], cheap: bool = False) -> str | None:
+    """Why the record of a finished run cannot be trusted as a model to serve or rank, or
+    None: it ended ok with a val_acc in [0, 1], and names a checkpoint inside its own run
+    folder that hdr.train wrote, holding that same validation accuracy. `cheap` leaves out
+    reading the checkpoint."""
+    from hdr.checkpoint import CheckpointError, read_checkpoint  # torch: only when needed
+
+    if row.get("status") != "ok" or not _accuracy(row.get("val_acc")):
+        return "not finished with a val_acc in [0, 1]"
+    ckpt, folder = Path(str(row.get("checkpoint") or "")), Path(str(row.get("dir") or ""))
+    if not row.get("checkpoint") or not ckpt.resolve().is_relative_to(folder.resolve()):
+        return f"its checkpoint {ckpt} is not inside its run folder {folder}"
+    if not ckpt.is_file():
+        return f"its checkpoint {ckpt} is gone"
+    if cheap:
+        return None
+    try:
+        saved = read_checkpoint(ckpt).get("val_acc_best")
+    except CheckpointError as e:
+        return str(e)
+    if isinstance(saved, float) and abs(saved - row["val_acc"]) > 1e-6:
+        return f"it says val_acc {row['val_acc']}, its checkpoint {saved}"
+    return None
+
+
+def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any] | None:
+    """Point `record` at the best trusted run of `rows` if it beats the one recorded.
+
+    Pruned, failed and untrusted runs (`distrust`) never count. A damaged or untrusted
+    record is set aside as `<name>.bad-<time>` with one warning and replaced; a folder in
+    its place is never touched. A record that cannot be written is warned about. None of
+    this fails the run or the sweep that calls this.
     """
     record = Path(record)
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("checkpoint")]
-    ok = [r for r in ok if isinstance(r.get("val_acc"), float) and math.isfinite(r["val_acc"])]
-    if not ok:
+    if record.exists() and not record.is_file():
+        log.warning(
+            "Not recording the best model: %s is a folder, not a file (set "
+            "paths.best_record to a file, e.g. outputs/best.json).",
+            record,
+        )
         return None
-    best = max(ok, key=lambda r: r["val_acc"])
+    ok = [r for r in rows if distrust(r, cheap=True) is None]
+    for r in sorted(ok, key=lambda r: -r["val_acc"]):
+        if (why := distrust(r)) is None:
+            best = r
+            break
+        log.warning("Run %s is not recorded as a best model: %s.", r.get("dir"), why)
+    else:
+        return None
     if record.exists():
         try:
             current = read_best(record)
-            if Path(current["checkpoint"]).exists() and current["val_acc"] >= best["val_acc"]:
-                return current
+            if Path(current["checkpoint"]).is_file():  # one that is gone is just replaced
+                why = distrust({"status": "ok", "dir": current.get("dir"), **current})
+                if why is not None:
+                    raise RecordError(f"{record} is damaged: not to be trusted, as {why}.")
+                if current["val_acc"] >= best["val_acc"]:
+                    return current
         except RecordError as e:
             aside = record.with_name(f"{record.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
@@ -128,18 +195,21 @@ def recipe_of(result: dict[str, Any]) -> str:
 
 
 def best_per_recipe(log_dir: str | Path) -> list[dict[str, Any]]:
-    """The best finished run of each recipe under log_dir (runs and sweeps), by validation
-    accuracy, best first; each result gets its "recipe". Runs whose checkpoint is gone, and
-    damaged records, are passed over."""
-    best: dict[str, dict[str, Any]] = {}
+    """The best trusted run of each recipe under log_dir (runs and sweeps), by validation
+    accuracy, best first; each result gets its "recipe" and "dir". Untrusted records
+    (`distrust`: a checkpoint gone or outside its folder, a forged accuracy) are passed
+    over."""
+    candidates: dict[str, list[dict[str, Any]]] = {}
     for path in Path(log_dir).rglob(RESULT_FILE):
-        result = read_result(path.parent) or {}
-        val = result.get("val_acc")
-        if result.get("status") != "ok" or not isinstance(val, int | float):
-            continue
-        if not Path(str(result.get("checkpoint") or "")).is_file():
-            continue
-        recipe = recipe_of(result)
-        if recipe not in best or val > best[recipe]["val_acc"]:
-            best[recipe] = {**result, "recipe": recipe}
-    return sorted(best.values(), key=lambda r: -r["val_acc"])
+        result = {**(read_result(path.parent) or {}), "dir": str(path.parent)}
+        if distrust(result, cheap=True) is None:
+            recipe = recipe_of(result)
+            candidates.setdefault(recipe, []).append({**result, "recipe": recipe})
+    best = []
+    for runs in candidates.values():  # the expensive check only for the best of each
+        best += [
+            next(
+                (r for r in sorted(runs, key=lambda r: -r["val_acc"]) if distrust(r) is None), None
+            )
+        ]
+    return sorted((r for r in best if r), key=lambda r: -r["val_acc"])

@@ -17,7 +17,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
 from hdr.plots import read_scalars, study_figure
-from hdr.records import read_result, record_best, write_atomic
+from hdr.prune import create_study, study_url
+from hdr.records import distrust, read_result, record_best
+from hdr.utils import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,14 @@ COLUMNS = ["rank", "run", "overrides", "val_acc", "test_acc", "epochs", "seconds
 PERCENT = {"val_acc", "test_acc"}  # shown as percentages in leaderboard.md
 
 
-def _overrides(run_dir: Path) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    return (yaml.safe_load(path.read_text()) or []) if path.exists() else []
+def _overrides(run_dir: Path) -> list[str] | None:
+    """A run folder's overrides; None for a folder that is not a run's (no list of them)."""
+    try:
+        overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return None
+    ok = isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)
+    return overrides if ok else None
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -36,15 +43,22 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"No sweep folder {sweep_dir}: give a folder under outputs/.")
     rows = []
     for run_dir in sorted(p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()):
+        overrides = _overrides(run_dir)
+        if overrides is None:
+            log.warning("Not a run's folder (no list of overrides), left out: %s", run_dir)
+            continue
         # A run killed from outside (out of memory, Ctrl-C) leaves no result file.
         result = read_result(run_dir) or {}
-        status = result.get("status", "no result (killed?)")
+        status = str(result.get("status", "no result (killed?)"))
         if status == "pruned":
             status = f"pruned at epoch {result.get('pruned_at')}"
+        untrusted = distrust({**result, "dir": str(run_dir)}, cheap=True)
+        if status == "ok" and untrusted:  # a record edited or copied from elsewhere
+            status, result = "failed", {**result, "error": f"record not trusted: {untrusted}"}
         rows.append(
             {
                 "run": run_dir.name,
-                "overrides": " ".join(_overrides(run_dir)),
+                "overrides": " ".join(overrides),
                 "val_acc": result.get("val_acc"),
                 "test_acc": result.get("test_acc"),
                 "epochs": result.get("epochs"),
@@ -122,7 +136,7 @@ def write_study_plot(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path 
     key = keys[0]
     curves = {}
     for row in sorted(rows, key=lambda r: r["run"]):
-        value = dict(o.partition("=")[::2] for o in row["overrides"].split())[key]
+        value = dict(o.partition("=")[::2] for o in row["overrides"].split()).get(key, "?")
         scalars = read_scalars(Path(row["dir"]) / "tensorboard")
         curves[value] = [v for _, v in scalars.get("val/acc", [])]
     fig = study_figure(curves, key)
@@ -180,13 +194,43 @@ class SweepCallback(Callback):
         self.best_record = Path(best_record)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        # Hydra turns a callback's exception into a warning: exit, in one line, instead.
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            sys.exit(
+                f"Error: hydra.sweep.dir={sweep_dir} cannot be made a folder "
+                f"({e.strerror}): give a folder you can write to."
+            )
+        if config.get("sweep", {}).get("prune", "none") != "none":
+            url = study_url(str(sweep_dir), config.callbacks.get("pruning", {}).get("storage"))
+            try:
+                create_study(url)
+            except Exception as e:
+                log.warning(
+                    "Pruning is off: its study %s cannot be made (%s). If that file is "
+                    "damaged, delete it.",
+                    url,
+                    str(e).splitlines()[0],
+                )
         sweeper = config.hydra.sweeper
         if sweeper.get("storage") and "n_trials" in sweeper:
-            done = finished_trials(sweeper.storage, sweeper.study_name)
+            try:
+                done = finished_trials(sweeper.storage, sweeper.study_name)
+            except Exception as e:
+                sys.exit(
+                    f"Error: the Optuna study {sweeper.storage} cannot be read "
+                    f"({type(e).__name__}: {str(e).splitlines()[0]}). Delete it (or move "
+                    "it aside) to start the study afresh in a new hydra.sweep.dir."
+                )
             if done:
-                log.info("Resuming study %s: %d of %d trials done.", sweeper.study_name, done,
-                         sweeper.n_trials)  # fmt: skip
+                log.info(
+                    "Resuming study %s: %d of %d trials done.",
+                    sweeper.study_name,
+                    done,
+                    sweeper.n_trials,
+                )
                 with read_write(sweeper):
                     sweeper.n_trials = max(0, sweeper.n_trials - done)
 

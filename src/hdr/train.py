@@ -1,5 +1,6 @@
 """Entry point: `python -m hdr.train [overrides]` builds everything from `conf/` and trains."""
 
+import errno
 import logging
 import math
 import os
@@ -13,15 +14,17 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from hdr.checkpoint import CheckpointError, check_resumable, read_checkpoint
+from hdr.checkpoint import CheckpointError, check_resumable, load_model, read_checkpoint
 from hdr.config import CONF_DIR, ConfigError, check
 from hdr.download import DataError
 from hdr.prune import Pruning
-from hdr.records import FINISHED, RecordError, read_result, record_best, write_result
+from hdr.records import FINISHED, RecordError, claim, read_result, record_best, write_result
 from hdr.utils import instantiate_group, quiet_lightning, tensorboard_logger
 
 log = logging.getLogger(__name__)
@@ -45,20 +48,40 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    resume, start_step, finished = cfg.get("ckpt_path"), 0, False
+    if not cfg.get("train"):  # test a checkpoint as it is: the net its own record describes
+        model = load_model(resume)
+        trainer.validate(model, datamodule=datamodule)
+    elif resume:
+        own = Path(resume).resolve().is_relative_to(Path(cfg.paths.output_dir).resolve())
+        model_cfg, max_epochs = OmegaConf.to_container(cfg.model), cfg.trainer.get("max_epochs")
+        start_step, finished = check_resumable(resume, model_cfg, max_epochs, own_run=own)
     if cfg.get("train"):
-        resume = cfg.get("ckpt_path")
-        if resume:
-            check_resumable(resume, OmegaConf.to_container(cfg.model))
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        if trainer.global_step == start_step and not finished:
+            raise ConfigError(
+                "The run trained nothing: trainer.max_steps, limit_train_batches or the "
+                "epochs left after ckpt_path leave no step to train. Give it steps to train."
+            )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     pruned_at = next((c.pruned_at for c in callbacks if isinstance(c, Pruning)), None)
 
     # The best checkpoint is the one kept by the callback that monitors a metric.
-    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+    keeper = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
+    best = (keeper.best_model_path if keeper and cfg.get("train") else resume) or ""
+    if best and not Path(best).is_file():
+        raise CheckpointError(f"The run's best checkpoint {best} is gone: run it again.")
+    if "val/acc_best" not in metrics and cfg.get("train") and keeper is not None:
+        # Resumed after its last epoch (killed before its record): the kept best's score.
+        score = keeper.best_model_score
+        metrics["val/acc_best"] = float(score) if score is not None else math.nan
+    if not cfg.get("train"):
+        metrics["val/acc_best"] = metrics.get("val/acc", math.nan)
     if cfg.get("test") and pruned_at is None:  # a pruned run is not worth testing
         if not best:
             log.warning("No best checkpoint: testing the weights as they are now.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        tested = best if cfg.get("train") else None  # train=false: the model is the checkpoint
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     result = {
@@ -124,8 +147,9 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.create(keep), resolve=True)
 
 
-# Errors in what the user gave, reported in one line without a stack trace.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RecordError)
+# Errors in what the user gave, reported in one line without a stack trace; a diverged run
+# (FloatingPointError) says to lower model.lr.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RecordError, FloatingPointError)
 
 
 def task_overrides() -> list[str]:
@@ -133,65 +157,113 @@ def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def same_run(a: list[str], b: list[str]) -> bool:
+    """Whether two override lists make the same run: the keys that change no result (those
+    left out of run folders' names, hydra.job.config.override_dirname.exclude_keys) aside."""
+    exclude = set(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
+
+    def identity(overrides: list[str]) -> list[str]:
+        return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in exclude]
+
+    return identity(a) == identity(b)
+
+
+def rank_zero() -> bool:
+    """False in the other processes of a DDP run, which re-run this command into rank 0's
+    folder: they neither claim it nor clear it."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
 def resume_point(out: Path, sweeping: bool) -> tuple[str, Any]:
     """What to do in this run's folder: ("start", None), ("resume", last.ckpt) or, in a
-    sweep that comes back to a finished (or pruned) run, ("skip", its result)."""
+    sweep that comes back to a finished (or pruned) run, ("skip", its result). A run that
+    failed, was killed or whose record is damaged resumes from its last.ckpt if it has one."""
     result = read_result(out)
-    if result is not None and result.get("overrides", task_overrides()) != task_overrides():
+    overrides = result.get("overrides") if result else None
+    if isinstance(overrides, list) and not same_run(overrides, task_overrides()):
         raise RecordError(
-            f"{out} holds another run ({' '.join(result['overrides'])}): give this one a "
+            f"{out} holds another run ({' '.join(map(str, overrides))}): give this one a "
             "new folder (hydra.run.dir / hydra.sweep.dir)."
         )
-    if result is not None and not sweeping:
+    if result is not None and result.get("status") in FINISHED:
+        if sweeping:
+            return "skip", result
         raise RecordError(
             f"{out} already holds a run that ended ({result.get('status')}): leave "
             "hydra.run.dir out for a new folder, or resume from its checkpoints/last.ckpt "
             "with ckpt_path=..."
         )
-    if result is not None and result.get("status") in FINISHED:
-        return "skip", result
+    if result is not None and result.get("damaged"):
+        log.warning("%s: %s. Resuming the run instead.", out, result["error"])
     last = out / "checkpoints" / "last.ckpt"
-    if result is None and last.exists():  # killed part-way: go on from its last epoch
+    if last.exists():  # killed or failed part-way: go on from its last epoch
         try:
             read_checkpoint(last)
             return "resume", last
         except CheckpointError as e:
             log.warning("%s Starting this run again.", e)
-    if sweeping:  # what a failed or killed attempt left would mix with the new one's
-        for part in ("checkpoints", "tensorboard"):
+    for part in ("checkpoints", "tensorboard"):  # what an attempt left would mix with this one
+        if rank_zero():
             shutil.rmtree(out / part, ignore_errors=True)
     return "start", None
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def disk_full(e: BaseException) -> str | None:
+    """The one-line advice for a full disk (or quota), None for any other error."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {e.filename}" if e.filename else ""
+        return (
+            f"The disk is full{where}. Free some space and run the same command again: what "
+            "was written is whole, and the run resumes from its last checkpoint."
+        )
+    return None
+
+
+def run(cfg: DictConfig) -> float | None:
+    """One run of a sweep or on its own: claim its folder, resume or skip it, train, record."""
     quiet_lightning()
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
+    with claim(out) as holder:
+        if holder and rank_zero():
+            why = f"{out} is in use by another run ({holder})"
+            if sweeping:
+                log.warning("%s: skipped here, that run trains it.", why)
+                return math.nan
+            raise RecordError(f"{why}: wait for it to end, or give this run another folder.")
+        return _run(cfg, out, sweeping)
+
+
+def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
     try:
         action, detail = resume_point(out, sweeping)
     except RecordError as e:  # another run's folder: record nothing in it
         if sweeping:
             log.error("Run not started, the sweep goes on: %s", e)
             return math.nan
-        sys.exit(f"Error: {e}")
+        raise
     if action == "skip":
-        log.info("Finished before (%s, val acc %s): skipped.", detail["status"], detail["val_acc"])
-        return detail.get("val_acc")
+        val = detail.get("val_acc")
+        shown = f"{100 * val:.2f}%" if isinstance(val, float) else val
+        log.info("Finished before (%s, val acc %s): skipped.", detail["status"], shown)
+        return val
     if action == "resume":
         log.info("Resuming from %s", detail)
         cfg.ckpt_path = str(detail)
     try:
         metrics, objects = train(cfg)
     except Exception as e:
-        write_result(out, status="failed", error=f"{type(e).__name__}: {e}",
-                     overrides=task_overrides())  # fmt: skip
+        reason = disk_full(e) or f"{type(e).__name__}: {e}"
+        try:
+            write_result(out, status="failed", error=reason, overrides=task_overrides())
+        except OSError as write_error:
+            log.warning("Could not record the failure in %s (%s).", out, write_error)
         if not sweeping:
-            if isinstance(e, USER_ERRORS):  # the message says what to fix; a trace adds noise
-                sys.exit(f"Error: {e}")
+            if isinstance(e, USER_ERRORS) or disk_full(e):  # the message says what to fix
+                raise UserError(disk_full(e) or str(e)) from None
             raise
         # In a sweep one failed run must not stop or hide the others: record it, go on.
-        log.error("Run failed, the sweep goes on: %s: %s", type(e).__name__, e)
+        log.error("Run failed, the sweep goes on: %s", reason)
         return math.nan  # a sweeper reads NaN as a failed trial
     if not sweeping and objects["trainer"].is_global_zero:
         # A sweep records its best when it ends; a single run competes on its own.
@@ -199,6 +271,44 @@ def main(cfg: DictConfig) -> float | None:
         row = {**objects["result"], "overrides": overrides, "dir": str(out)}
         record_best([row], cfg.paths.best_record)
     return metrics.get(cfg.get("optimized_metric"))  # what a sweeper maximises
+
+
+class UserError(Exception):
+    """Something the user gave, or the machine, stops the command; the message is the fix."""
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except (UserError, *USER_ERRORS) as e:  # exit here: Hydra would print its own line first
+        sys.exit(f"Error: {e}")
+
+
+def main() -> None:
+    """The command. What the user can fix (a bad override, a folder that cannot be written,
+    a damaged file, a full disk) ends in one line, `Error: ...`, and exit status 1; only a
+    bug in hdr shows a stack trace."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing half a trace
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as e:
+        sys.exit(f"Error: {one_line(e)}")
+    except OSError as e:  # Hydra making the run's folder, before any run starts
+        sys.exit(
+            f"Error: {disk_full(e) or f'cannot write {e.filename}: {e.strerror}'}. Point "
+            "paths.log_dir (HDR_LOG_DIR), hydra.run.dir or hydra.sweep.dir at a folder you "
+            "can write to."
+        )
+
+
+def one_line(e: BaseException) -> str:
+    """Hydra's and OmegaConf's messages, less their blank lines and the cause's repeats."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause) and str(cause).splitlines()[0] not in " ".join(lines):
+        lines.append(str(cause).splitlines()[0])
+    return " ".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Small helpers: build every object of a config group; quiet Lightning; what the CPU can do."""
+"""Small helpers: atomic writes; build every object of a config group; quiet Lightning; what
+the CPU can do."""
 
 import logging
 import os
 import platform
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write `data` to `path` whole or not at all: a temporary file, then a rename. A full
+    disk fails the write and leaves what was there before."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
