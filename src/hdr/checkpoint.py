@@ -144,7 +144,7 @@ def load_model(path: str | Path) -> DigitClassifier:
 
 # What a resumed fit takes from the checkpoint rather than from this run's config: the net's
 # weights, and the optimizer's state (its learning rate, betas and decay) and schedule.
-RESUMED_FROM_CHECKPOINT = ("net", "optimizer", "lr", "betas", "weight_decay", "scheduler")
+RESUMED_FROM_CHECKPOINT = ("net", "optimizer", "scheduler", "lr", "betas", "weight_decay")
 
 
 def check_resumable(
@@ -170,7 +170,7 @@ def check_resumable(
                 f"has model.{key}={model.get(key)}. Resume with the same {key} (the overrides "
                 "of the run that wrote it are in its .hydra/overrides.yaml)."
             )
-    epochs = int(ckpt.get("epoch", -1)) + 1  # checkpoints are saved as an epoch ends
+    epochs = epochs_trained(ckpt)
     finished = max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs
     if finished and not own_run:
         raise CheckpointError(
@@ -179,6 +179,15 @@ def check_resumable(
             f"is with train=false ckpt_path={path}."
         )
     return int(ckpt.get("global_step", 0)), finished
+
+
+def epochs_trained(ckpt: dict[str, Any]) -> int:
+    """Epochs whose training a checkpoint has behind it: Lightning's own count (saved as an
+    epoch ends or after fit), else its epoch number."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return int(ckpt.get("epoch", -1)) + 1
 
 
 _DEFAULTS = {

@@ -275,17 +275,6 @@ def check(cfg: DictConfig) -> None:
         "sweeps choose by validation, never by the test set: use val/acc_best",
     )
     _net_fits(OmegaConf.to_container(cfg.model.net))
-    for key in ("best_record", "log_dir"):
-        path = Path(str(cfg.paths.get(key)))
-        is_dir = key == "log_dir"
-        _require(
-            not path.exists() or path.is_dir() == is_dir,
-            f"paths.{key}",
-            str(path),
-            "it must be a folder (or not exist yet)"
-            if is_dir
-            else "it is a folder: name a file, e.g. outputs/best.json",
-        )
     threads = cfg.get("torch_threads")
     ok = threads in (None, "auto") or (type(threads) is int and threads >= 1)
     _require(ok, "torch_threads", threads, "auto, or a whole number >= 1 of threads per run")

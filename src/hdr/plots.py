@@ -33,7 +33,10 @@ def confusion_matrix_figure(matrix: torch.Tensor, title: str = "confusion matrix
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in a TensorBoard log folder, as (step, value) pairs."""
+    """Every scalar series in a TensorBoard log folder, as (step, value) pairs; none for a
+    run that left no folder (failed before it logged, or not a run of ours)."""
+    if not Path(log_dir).is_dir():
+        return {}
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it narrates every file it opens
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     events.Reload()

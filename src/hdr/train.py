@@ -290,6 +290,7 @@ def main() -> None:
     a damaged file, a full disk) ends in one line, `Error: ...`, and exit status 1; only a
     bug in hdr shows a stack trace."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing half a trace
+    logging.raiseExceptions = False  # a log line lost to a full disk is no stack trace
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:

@@ -1,0 +1,757 @@
+"""Careless and hostile input (issue 23), on the real CLI, the real records and the real app
+server: one line for each mistake, nothing finished lost, no request that takes the app down,
+no record that can be hijacked or moved aside."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from hdr.checkpoint import CheckpointError, load_model, read_checkpoint
+from hdr.config import ConfigError
+from hdr.download import RAW_SHA256, DataError, verify_raw_files
+from hdr.preprocess import NotADigit, read_picture, to_mnist
+from hdr.records import RecordError, read_best
+from hdr.sweep import summarize
+from hdr.train import train
+from tests.helpers import DATA_DIR, ROOT, free_port, redraw, run_cli, shrunk_cfg, wait_listening
+
+# One epoch of a few batches, one batch of validation and test, no drawings report: seconds.
+QUICK = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=4",
+    "data.batch_size=256",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "callbacks.drawings.per_style=0",
+]
+
+
+def one_line(run: subprocess.CompletedProcess) -> str:
+    """The command failed with exit 1 and one `Error: ...` line, no stack trace; that line."""
+    assert run.returncode == 1, (run.returncode, run.stderr[-3000:])
+    assert "Traceback" not in run.stderr + run.stdout, run.stderr[-3000:]
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    return errors[0]
+
+
+def measured(cmd: list[str], env: dict, log: Path) -> tuple[int, str, float]:
+    """Run cmd; its exit status, its output and its own peak RSS in MB (wait4's rusage)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, log.read_text(), usage.ru_maxrss / 1024
+
+
+def quick_run(folder: Path, *overrides: str) -> tuple[dict, dict]:
+    metrics, objects = train(shrunk_cfg(folder, [*QUICK, *overrides]))
+    return metrics, objects
+
+
+# 1, 12, 13 (the app), 14 (console): one 4 KB request, a port in use, refused drawings ------
+
+
+@pytest.fixture(scope="module")
+def app_server(trained_checkpoint, tmp_path_factory):
+    """python app/app.py as a user starts it, its caches in a tmp folder; yields its url, its
+    process and where its stderr goes."""
+    tmp = tmp_path_factory.mktemp("app")
+    port = free_port()
+    env = {
+        **os.environ,
+        "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+        "TMPDIR": str(tmp),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = (tmp / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "app/app.py",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_listening(port, server)
+        yield f"http://127.0.0.1:{port}/", server, tmp / "server.log"
+    finally:
+        server.kill()
+        server.wait()
+        log.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1]) / 1024
+
+
+def call(http: httpx.Client, url: str, api: str, value: dict) -> tuple[str, str]:
+    """One event through Gradio's HTTP API: ("complete" | "error", its data)."""
+    event = http.post(f"{url}gradio_api/call/{api}", json={"data": [value]}).raise_for_status()
+    stream = http.get(f"{url}gradio_api/call/{api}/{event.json()['event_id']}").text
+    kind = "complete" if "event: complete" in stream else "error"
+    return kind, stream.rsplit("data:", 1)[1].strip()
+
+
+@pytest.mark.slow
+def test_a_4kb_request_of_30_huge_layers_is_refused_and_the_server_stays_up(
+    app_server, tmp_path, mnist
+):
+    url, server, log = app_server
+    big = np.zeros((4096, 4096, 4), np.uint8)
+    big[1000:3000, 2000:2300, 3] = 255  # a "1" on a transparent 4096x4096 layer
+    Image.fromarray(big).save(tmp_path / "layer.png")
+    assert (tmp_path / "layer.png").stat().st_size < 200_000
+    with httpx.Client(timeout=120) as http:
+        with (tmp_path / "layer.png").open("rb") as f:
+            path = http.post(f"{url}gradio_api/upload", files={"files": f}).json()[0]
+        layer = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        before = peak_rss_mb(server.pid)
+        request = {"background": None, "layers": [layer] * 30, "composite": None}
+        assert len(json.dumps(request)) < 4096 * 2
+        kind, data = call(http, url, "predict", request)
+        assert kind == "error" and "30 layers: send at most 8" in data, data
+        # With a composite, only the composite is decoded, however many layers come along.
+        kind, data = call(http, url, "predict", {**request, "composite": layer})
+        assert kind == "complete" and json.loads(data)[0]["label"] == "1", data
+        peak = peak_rss_mb(server.pid)
+        print(f"app server peak RSS: {before:.0f} MB before, {peak:.0f} MB after the requests")
+        assert peak - before < 1200  # one 4096x4096 drawing decoded, not 30 (6 GB)
+        # Still up, and still right.
+        Image.fromarray(redraw(mnist.splits["test"].images[0], 400, 0.6, "centre", True)).save(
+            tmp_path / "7.png"
+        )
+        with (tmp_path / "7.png").open("rb") as f:
+            path = http.post(f"{url}gradio_api/upload", files={"files": f}).json()[0]
+        drawing = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        kind, data = call(
+            http, url, "predict", {"background": None, "layers": [], "composite": drawing}
+        )
+        assert kind == "complete" and json.loads(data)[0]["label"] == "7"
+    assert server.poll() is None
+    assert "Traceback" not in log.read_text()  # a refused drawing is one line, no trace
+
+
+def test_the_sketchpad_holds_few_half_sent_drawings_and_no_huge_layer_index(trained_checkpoint):
+    import gradio as gr
+    from gradio.data_classes import FileData
+
+    from app.app import MAX_SKETCHES, build
+    from app.app import load_model as choice
+
+    model, about = choice(trained_checkpoint)
+    demo = build({about: (model, about)})
+    (pad,) = [b for b in demo.blocks.values() if isinstance(b, gr.Sketchpad)]
+
+    class Blob:  # what Gradio's /component_server hands accept_blobs
+        def __init__(self, id, index):
+            self.data = {"type": "layer", "index": index, "id": id}
+            self.files = [("blob", FileData(path="x.png"))]
+
+    with pytest.raises(gr.Error, match="at most 8 layers"):
+        pad.accept_blobs(Blob("a", str(10**9)))  # Gradio would make a list of 10^9 slots
+    for i in range(MAX_SKETCHES + 50):
+        pad.accept_blobs(Blob(f"id{i}", "0"))
+    assert len(pad.blob_storage) == MAX_SKETCHES
+    assert getattr(pad.accept_blobs, "_is_server_fn", False)
+
+
+def test_the_app_bounds_its_disk_use(tmp_path, monkeypatch, trained_checkpoint):
+    import app.app as app
+
+    monkeypatch.setattr(app, "PREVIEWS", tmp_path / "previews")
+    for i in range(app.MAX_PREVIEWS + 40):  # distinct drawings, each its own preview
+        x = torch.zeros(1, 1, 28, 28)
+        x.view(-1)[i % 784] = 1
+        x.view(-1)[i // 784] = 0.5
+        app.preview(x)
+    assert len(list((tmp_path / "previews").glob("*.png"))) == app.MAX_PREVIEWS
+    model, about = app.load_model(trained_checkpoint)
+    assert app.build({about: (model, about)}).delete_cache == app.DELETE_CACHE  # Gradio's cache
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--port", "99999"], "99999 is not a port: give 1 to 65535"),
+        (["--host", "999.1.1.1"], "cannot serve on 999.1.1.1"),
+        (["--port", "IN_USE"], "cannot serve on 127.0.0.1"),
+    ],
+    ids=["port-99999", "host-999.1.1.1", "port-in-use"],
+)
+def test_the_app_refuses_a_bad_address_in_one_line(app_server, trained_checkpoint, args, words):
+    url, _, _ = app_server
+    args = [a.replace("IN_USE", url.rsplit(":", 1)[1].strip("/")) for a in args]
+    run = subprocess.run(
+        [sys.executable, "app/app.py", "--checkpoint", str(trained_checkpoint), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert words in run.stderr
+
+
+# 2, 13, 4: the CLI answers in one line ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, env, words",
+    [  # what fails before a run starts (Hydra composing, making folders), and one in a run
+        ([], {"HDR_LOG_DIR": "FILE"}, "cannot write"),
+        (["paths.log_dir=${oc.env:HDR_NOT_SET_ANYWHERE}"], {}, "'HDR_NOT_SET_ANYWHERE' not found"),
+        (["-m", "hydra.sweep.dir=FILE", "seed=1,2"], {}, "cannot be made a folder"),
+        (["model.lr=1e30"], {}, "Training diverged: loss is nan at epoch 0"),
+    ],
+    ids=["log-dir-a-file", "unset-env", "sweep-dir-a-file", "lr-1e30"],
+)
+def test_the_cli_answers_bad_input_in_one_line(tmp_path, args, env, words):
+    (tmp_path / "afile").write_text("not a folder")
+    args = [a.replace("FILE", str(tmp_path / "afile")) for a in args]
+    env = {k: v.replace("FILE", str(tmp_path / "afile")) for k, v in env.items()}
+    run = run_cli([*args, *QUICK] if args[:1] == ["-m"] else [*QUICK, *args], tmp_path, **env)
+    assert words in one_line(run)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("seed=abc", "seed='abc' is not allowed"),
+        ("seed=-1", "seed=-1 is not allowed"),
+        ("model.augment={rotate:10}", "give scale, shift too"),
+        ("model.augment={rotate:10,scale:[1,2],shift:2,spin:3}", "model.augment.spin is not"),
+        ("model.augment={rotate:x,scale:[1,2],shift:2}", "its values are numbers"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: a run must train"),
+        ("+trainer.max_steps=0", "trainer.max_steps=0 is not allowed"),
+        ("++trainer.limit_train_batches=0", "limit_train_batches=0 is not allowed"),
+        ("train=false", "train=false tests a checkpoint: give ckpt_path=PATH"),
+        ("train=false test=false ckpt_path=x", "with train=false too there is nothing"),
+        ("optimized_metric=test/acc", "never by the test set"),
+        ("model.net.hidden=[2000000]", "use fewer or smaller layers"),
+        ("model.net.hidden=[0]", "give one or more positive sizes, e.g. [1400]"),
+    ],
+)
+def test_values_that_train_nothing_or_cannot_fit_are_refused_first(make_cfg, override, words):
+    cfg = make_cfg(override.split())
+    with pytest.raises(ConfigError) as err:
+        train(cfg)  # before any data is read or any net is built
+    assert words in str(err.value)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_the_augment_example_in_the_config_works_as_written(tmp_path):
+    run = run_cli([*QUICK, "model.augment={rotate:10,scale:[0.9,1.1],shift:2}"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (ckpt,) = (tmp_path / "train" / "runs").glob("*/checkpoints/epoch_*.ckpt")
+    assert read_checkpoint(ckpt)["hyper_parameters"]["augment"] == {
+        "rotate": 10,
+        "scale": [0.9, 1.1],
+        "shift": 2,
+    }
+
+
+@pytest.mark.slow
+def test_a_sweep_lists_its_bad_runs_failed_in_one_line_and_finishes_the_rest(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run = run_cli(["-m", *QUICK, "seed=7,abc,-1", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["overrides"]: r for r in csv.DictReader((sweep_dir / "leaderboard.csv").open())}
+    statuses = {k.split("seed=")[1].split()[0]: (r["status"], r["error"]) for k, r in rows.items()}
+    assert statuses["7"][0] == "ok"
+    assert statuses["abc"] == (
+        "failed",
+        "ConfigError: seed='abc' is not allowed: a whole "
+        "number from 0 to 4294967295, or null for a random one.",
+    )
+    assert statuses["-1"][0] == "failed" and "seed=-1 is not allowed" in statuses["-1"][1]
+    assert "Traceback" not in run.stderr
+
+
+# 3, 4, 5: resuming and testing checkpoints ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished one-epoch run of hdr.train: its folder."""
+    folder = tmp_path_factory.mktemp("finished")
+    quick_run(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_finished_or_broken_checkpoint_is_not_resumed(finished_run, tmp_path):
+    last = finished_run / "checkpoints" / "last.ckpt"
+    copy = tmp_path / "copy.ckpt"
+    shutil.copy(last, copy)
+    for ckpt in (last, copy):  # its own folder's or a copy: training it is over
+        with pytest.raises(CheckpointError, match=r"has finished its training \(1 of trainer"):
+            quick_run(tmp_path / "again", f"ckpt_path={ckpt}")
+    nan = torch.load(last, weights_only=True)
+    nan["state_dict"]["net.1.weight"][0, 0] = float("nan")
+    torch.save(nan, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match="NaN or infinite weights"):
+        quick_run(tmp_path / "nan", f"ckpt_path={tmp_path / 'nan.ckpt'}", "trainer.max_epochs=2")
+    with pytest.raises(CheckpointError, match="No checkpoint at"):
+        quick_run(tmp_path / "gone", f"ckpt_path={tmp_path / 'gone.ckpt'}", "trainer.max_epochs=2")
+    # 5: the learning rate lives in the optimizer's saved state: a new one would be ignored.
+    with pytest.raises(CheckpointError, match="model.lr=0.01, this run has model.lr=0.5"):
+        quick_run(tmp_path / "lr", f"ckpt_path={copy}", "trainer.max_epochs=2", "model.lr=0.5")
+    # Trained on from a copy, it reports its own folder's best checkpoint, not the original's.
+    _, objects = quick_run(tmp_path / "on", f"ckpt_path={copy}", "trainer.max_epochs=2")
+    assert objects["trainer"].global_step == 8
+    assert Path(objects["result"]["checkpoint"]).parent == tmp_path / "on" / "checkpoints"
+
+
+@pytest.mark.slow
+def test_train_false_tests_the_checkpoint_it_is_given(finished_run, tmp_path, mnist):
+    best = next((finished_run / "checkpoints").glob("epoch_*.ckpt"))
+    metrics, objects = quick_run(
+        tmp_path / "t", "train=false", f"ckpt_path={best}", "++trainer.limit_test_batches=null"
+    )
+    model = load_model(best)
+    test = mnist.splits["test"]
+    with torch.inference_mode():
+        right = (model(test.images).argmax(1) == test.targets).float().mean().item()
+    assert objects["trainer"].global_step == 0
+    assert metrics["test/acc"] == pytest.approx(right, abs=1e-6)  # this checkpoint, not random
+    assert objects["result"]["checkpoint"] == str(best.resolve())
+
+
+@pytest.mark.slow
+def test_a_run_that_trains_no_step_fails(tmp_path):
+    with pytest.raises(ConfigError, match="The run trained nothing"):
+        quick_run(tmp_path, "+trainer.max_time=00:00:00:00")
+
+
+# 6, 8: checkpoints that are small on disk, hostile or odd -----------------------------------
+
+
+def _resave(source: Path, target: Path, change) -> Path:
+    ckpt = torch.load(source, weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda c: c.update(state_dict=3), "state_dict is not a set of named tensors"),
+        (lambda c: c.update(state_dict=[1, 2]), "state_dict is not a set of named tensors"),
+        (lambda c: c["hyper_parameters"].update(net="evil"), "describes a net hdr cannot build"),
+        (lambda c: c["hyper_parameters"]["net"].update(name="evil"), "net must be one of"),
+        (lambda c: c["hyper_parameters"]["net"].update(wings=2), "unexpected keyword"),
+        (lambda c: c["hyper_parameters"]["net"].update(activation="gelu"), "unknown activation"),
+        (lambda c: c["hyper_parameters"].update(colour="red"), "unknown keys ['colour']"),
+        (lambda c: c["hyper_parameters"]["net"].update(hidden=[3_000_000]), "do not fit the net"),
+    ],
+    ids=[
+        "state-int",
+        "state-list",
+        "net-a-string",
+        "net-evil",
+        "extra-keyword",
+        "gelu",
+        "extra-hparam",
+        "huge-net",
+    ],
+)
+def test_crafted_checkpoints_are_named_not_traced(tmp_path, trained_checkpoint, change, words):
+    path = _resave(trained_checkpoint, tmp_path / "crafted.ckpt", change)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert words in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_checkpoint_carrying_code_says_so(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return os.system, ("true",)
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": Evil()}}, tmp_path / "e.ckpt")
+    with pytest.raises(CheckpointError, match=r"it holds code \((posix|os)\.system\)"):
+        read_checkpoint(tmp_path / "e.ckpt")
+
+
+def _inflating(source: Path, target: Path, mb: int) -> Path:
+    """The checkpoint at `source` with one storage of `mb` MB of zeros, deflated: a file of a
+    few MB that a plain torch.load inflates in full."""
+    ckpt = torch.load(source, weights_only=True)
+    ckpt["state_dict"]["net.1.weight"] = torch.empty(mb * 2**18)  # untouched: no memory
+    plain = target.with_suffix(".plain")
+    torch.save(ckpt, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            with src.open(info) as f, dst.open(info.filename, "w", force_zip64=True) as g:
+                shutil.copyfileobj(f, g, 1 << 20)
+    plain.unlink()
+    return target
+
+
+@pytest.mark.slow
+def test_small_checkpoints_that_would_use_up_memory_are_refused_first(
+    tmp_path, trained_checkpoint
+):
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
+    read = "import sys; from hdr.checkpoint import load_model; load_model(sys.argv[1])"
+    log = tmp_path / "read.log"
+    rc, _, baseline = measured([sys.executable, "-c", read, str(trained_checkpoint)], env, log)
+    assert rc == 0
+    inflating = _inflating(trained_checkpoint, tmp_path / "inflating.ckpt", mb=256)
+    assert inflating.stat().st_size < 8 * 2**20
+    huge = _resave(
+        trained_checkpoint,
+        tmp_path / "huge.ckpt",
+        lambda c: c["hyper_parameters"]["net"].update(hidden=[3_000_000]),
+    )
+    for path, words in [(inflating, "unpack to"), (huge, "do not fit the net")]:
+        rc, out, peak = measured([sys.executable, "-c", read, str(path)], env, log)
+        assert rc != 0 and words in out
+        assert peak < baseline + 150, (path.name, peak, baseline)  # 256 MB / 9 GB unread
+
+
+@pytest.mark.slow
+def test_crafted_checkpoints_get_one_line_from_the_cli_and_the_app(tmp_path, trained_checkpoint):
+    path = _resave(
+        trained_checkpoint,
+        tmp_path / "evil.ckpt",
+        lambda c: c["hyper_parameters"].update(net="evil"),
+    )
+    run = run_cli([*QUICK, f"ckpt_path={path}", "trainer.max_epochs=2"], tmp_path)
+    assert "describes a net hdr cannot build" in one_line(run)
+    app = subprocess.run(
+        [sys.executable, "app/app.py", "--checkpoint", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert app.returncode == 1 and "Traceback" not in app.stderr
+    assert "describes a net hdr cannot build" in app.stderr
+
+
+# 7, 8, 14: records under the log dir: forged, crafted, foreign ------------------------------
+
+
+def _run_folder(sweep_dir: Path, name: str, result: dict, ckpt: Path | None) -> Path:
+    folder = sweep_dir / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- model.lr={len(name)}\n")
+    if ckpt is not None:
+        (folder / "checkpoints").mkdir()
+        shutil.copy(ckpt, folder / "checkpoints" / "best.ckpt")
+        result = {**result, "checkpoint": str(folder / "checkpoints" / "best.ckpt")}
+    (folder / "result.json").write_text(json.dumps(result))
+    return folder
+
+
+def test_a_forged_or_crafted_record_never_becomes_the_best(tmp_path, trained_checkpoint):
+    sweep_dir, record = tmp_path / "sweep", tmp_path / "best.json"
+    honest = _run_folder(sweep_dir, "0_a", {"status": "ok", "val_acc": 0.9}, trained_checkpoint)
+    # Forged: a checkpoint anywhere, or a fine one with a better accuracy written in.
+    _run_folder(
+        sweep_dir,
+        "1_bb",
+        {"status": "ok", "val_acc": 0.999, "checkpoint": str(trained_checkpoint)},
+        None,
+    )
+    crafted = _resave(
+        trained_checkpoint,
+        tmp_path / "gelu.ckpt",
+        lambda c: c["hyper_parameters"]["net"].update(activation="gelu"),
+    )
+    _run_folder(sweep_dir, "2_ccc", {"status": "ok", "val_acc": 0.99}, crafted)
+    _run_folder(sweep_dir, "3_dddd", {"status": "ok", "val_acc": 2.5}, trained_checkpoint)
+    # Foreign folders: no overrides list, garbage overrides, a stray file.
+    (sweep_dir / "notes" / ".hydra").mkdir(parents=True)
+    (sweep_dir / "junk" / ".hydra").mkdir(parents=True)
+    (sweep_dir / "junk" / ".hydra" / "overrides.yaml").write_text("{a: [unclosed")
+    (sweep_dir / "README").write_text("hello")
+    rows = summarize(sweep_dir, record)
+    assert len(rows) == 4  # the foreign folders are left out
+    best = read_best(record)
+    assert best["val_acc"] == 0.9 and Path(best["checkpoint"]).parent.parent == honest
+    status = {r["run"]: (r["status"], r["error"]) for r in rows}
+    assert status["1_bb"][0] == "failed" and "not inside its run folder" in status["1_bb"][1]
+    assert status["3_dddd"][0] == "failed"
+    # A record set to a forged entry by hand is set aside by the next sweep, not trusted.
+    record.write_text(
+        json.dumps(
+            {
+                "checkpoint": str(trained_checkpoint),
+                "val_acc": 0.999,
+                "dir": str(tmp_path / "elsewhere"),
+            }
+        )
+    )
+    summarize(sweep_dir, record)
+    assert read_best(record)["val_acc"] == 0.9 and list(tmp_path.glob("best.json.bad-*"))
+
+
+def test_the_app_starts_on_the_other_models_when_the_best_is_broken(
+    tmp_path, monkeypatch, trained_checkpoint
+):
+    from app.app import recorded_models
+
+    monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
+    sweep_dir = tmp_path / "sweep"
+    good = _run_folder(
+        sweep_dir,
+        "0_a",
+        {"status": "ok", "val_acc": 0.9, "overrides": ["experiment=student"]},
+        trained_checkpoint,
+    )
+    crafted = _resave(trained_checkpoint, tmp_path / "int.ckpt", lambda c: c.update(state_dict=3))
+    bad = _run_folder(
+        sweep_dir,
+        "1_b",
+        {"status": "ok", "val_acc": 0.95, "overrides": ["experiment=cnn"]},
+        crafted,
+    )
+    (tmp_path / "best.json").write_text(
+        json.dumps(
+            {
+                "checkpoint": str(bad / "checkpoints" / "best.ckpt"),
+                "val_acc": 0.95,
+                "dir": str(bad),
+            }
+        )
+    )
+    choices = recorded_models()
+    assert list(choices) == [next(iter(choices))] and "student: MLP" in next(iter(choices))
+    assert str(good / "checkpoints" / "best.ckpt") in next(iter(choices))
+
+
+# 9: damaged studies -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_damaged_pruning_study_turns_pruning_off_and_fails_no_run(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "pruning.db").write_bytes(b"not a database, just bytes" * 100)
+    run = run_cli(
+        [
+            "-m",
+            *QUICK,
+            "model.lr=0.01,0.003",
+            "sweep.prune=median",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = list(csv.DictReader((sweep_dir / "leaderboard.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    log = run.stdout + run.stderr
+    assert "Pruning is off" in log and "pruning.db" in log and "delete it" in log
+
+
+@pytest.mark.slow
+def test_a_damaged_optuna_study_is_named_in_one_line(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "optuna.db").write_bytes(b"garbage" * 1000)
+    run = run_cli(
+        [
+            "hparams_search=optuna",
+            *QUICK,
+            f"hydra.sweep.dir={sweep_dir}",
+            "hydra.sweeper.n_trials=2",
+        ],
+        tmp_path,
+    )
+    line = one_line(run)
+    assert f"the Optuna study sqlite:///{sweep_dir}/optuna.db cannot be read" in line
+    assert "Delete it" in line
+
+
+# 10: two identical sweeps into one folder ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_identical_sweeps_at_once_train_each_run_once(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hdr.train",
+        "-m",
+        *QUICK,
+        "trainer.max_epochs=2",
+        "++trainer.limit_train_batches=30",
+        "model.lr=0.01,0.003,0.001",
+        f"hydra.sweep.dir={sweep_dir}",
+        "+trainer.enable_progress_bar=false",
+    ]
+    env = {
+        **os.environ,
+        "HDR_DATA_DIR": str(DATA_DIR),
+        "HDR_LOG_DIR": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = [(tmp_path / f"{i}.log").open("w") for i in range(2)]
+    sweeps = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT) for f in logs
+    ]
+    assert [s.wait(timeout=600) for s in sweeps] == [0, 0]
+    text = "".join((tmp_path / f"{i}.log").read_text() for i in range(2))
+    runs = sorted(p for p in sweep_dir.iterdir() if (p / "result.json").exists())
+    assert len(runs) == 3
+    for run in runs:
+        result = json.loads((run / "result.json").read_text())
+        assert result["status"] == "ok"
+        assert {p.name for p in (run / "checkpoints").iterdir()} <= {
+            "last.ckpt",
+            "epoch_000.ckpt",
+            "epoch_001.ckpt",
+        }
+        events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert {int(e.name.split(".")[-2]) for e in events} == {result["pid"]}
+    # Each run trained by one sweep; the other skipped it, as in use or as finished.
+    assert text.count("is in use by another run") + text.count("Finished before") == 3
+    assert text.count("Restored all states") == 0
+
+
+# 11: a full disk ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MB tmpfs of our own (root only): room for two checkpoints of the seed MLP."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"a full disk needs a tmpfs mount, as root: {mount.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_what_was_written_and_the_same_command_resumes(small_disk, tmp_path):
+    args = [
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=4",
+        "data.batch_size=256",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+        "callbacks.drawings.per_style=0",
+        f"hydra.run.dir={small_disk / 'run'}",
+    ]
+    full = run_cli(args, tmp_path)
+    assert "The disk is full" in one_line(full) and "run the same command again" in full.stderr
+    checkpoints = list((small_disk / "run" / "checkpoints").iterdir())
+    assert checkpoints and not [p for p in checkpoints if p.name.endswith(".tmp")]
+    for ckpt in checkpoints:  # whole, each of them: no truncated file under a real name
+        read_checkpoint(ckpt)
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming from" in again.stdout + again.stderr
+    result = json.loads((small_disk / "run" / "result.json").read_text())
+    assert result["status"] == "ok" and result["epochs"] == 3
+
+
+# 14: the smaller things ------------------------------------------------------------------
+
+
+def test_a_huge_data_file_is_refused_by_its_size_without_reading_it(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW_SHA256:
+        (raw / name).symlink_to(DATA_DIR / "MNIST" / "raw" / name)
+    (raw / "train-images-idx3-ubyte").unlink()
+    with open(raw / "train-images-idx3-ubyte", "wb") as f:
+        f.truncate(8 * 10**9)  # sparse: 8 GB that take no disk
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="is 8,000,000,000 bytes, expected 47,040,016"):
+        verify_raw_files(tmp_path)
+    assert time.perf_counter() - start < 1  # reading it for a checksum took a minute
+
+
+def test_noise_and_odd_floats_are_refused_not_read_confidently(tmp_path, mnist):
+    rng = np.random.default_rng(0)
+    for noise in [
+        rng.integers(0, 256, (400, 400), np.uint8),
+        np.clip(rng.normal(128, 60, (400, 400)), 0, 255).astype(np.uint8),
+        np.clip(rng.normal(128, 60, (28, 28)), 0, 255).astype(np.uint8),
+    ]:
+        with pytest.raises(NotADigit, match="does not look like a digit"):
+            to_mnist(noise)
+    paper = 255 - redraw(mnist.splits["test"].images[0], 300, 0.7, "centre", True)[..., 3]
+    Image.fromarray(paper.astype(np.float32) * 1e30).save(tmp_path / "huge-floats.tif")
+    with pytest.raises(ValueError, match="pixel values reach 2.55e\\+32"):
+        to_mnist(read_picture(tmp_path / "huge-floats.tif"))
+    # 0-255 floats are read as 0-255; and no MNIST digit is taken for noise.
+    assert to_mnist(paper.astype(np.float32)).max() == 1
+    for image in mnist.splits["test"].images[:2000]:
+        to_mnist(image[0].numpy())
+
+
+def test_a_text_chunk_bomb_gets_our_sentence(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (8 * 2**20), zip=True)  # 8 MB of text, a few kB zipped
+    Image.new("L", (28, 28), 255).save(tmp_path / "bomb.png", pnginfo=info)
+    with pytest.raises(ValueError) as err:
+        read_picture(tmp_path / "bomb.png")
+    assert str(err.value) == (
+        "bomb.png is damaged and cannot be decoded: send an ordinary PNG or JPEG (ValueError)."
+    )
+
+
+def test_out_of_range_accuracies_in_the_best_record_are_not_trusted(tmp_path):
+    (tmp_path / "best.json").write_text('{"checkpoint": "x.ckpt", "val_acc": 2.5}')
+    with pytest.raises(RecordError, match=r"a val_acc in \[0, 1\]"):
+        read_best(tmp_path / "best.json")
+
+
+@pytest.mark.slow
+def test_a_damaged_record_resumes_its_run_and_another_log_dir_still_skips(tmp_path):
+    """A finished run whose result.json is damaged keeps its checkpoints: it is tested again
+    and recorded with its real val acc; a re-run naming the log dir another way skips it."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *QUICK, "model.lr=0.01", f"hydra.sweep.dir={sweep_dir}"]
+    first = run_cli([*args, f"paths.log_dir={tmp_path}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = [p for p in sweep_dir.iterdir() if (p / "result.json").exists()]
+    val = json.loads((run / "result.json").read_text())["val_acc"]
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    (run / "result.json").write_text('{"status": "ok", "val_')  # cut short
+    again = run_cli(args, tmp_path)  # HDR_LOG_DIR names the same log dir: not an override
+    log = again.stdout + again.stderr
+    assert again.returncode == 0 and "damaged result.json" in log and "Resuming" in log, log
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "ok" and result["val_acc"] == pytest.approx(val)
+    assert "holds another run" not in log
