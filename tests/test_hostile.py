@@ -47,15 +47,6 @@ def one_line(run: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-def measured(cmd: list[str], env: dict, log: Path) -> tuple[int, str, float]:
-    """Run cmd; its exit status, its output and its own peak RSS in MB (wait4's rusage)."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, log.read_text(), usage.ru_maxrss / 1024
-
-
 def quick_run(folder: Path, *overrides: str) -> tuple[dict, dict]:
     metrics, objects = train(shrunk_cfg(folder, [*QUICK, *overrides]))
     return metrics, objects
@@ -195,10 +186,9 @@ def test_the_app_bounds_its_disk_use(tmp_path, monkeypatch, trained_checkpoint):
     "args, words",
     [
         (["--port", "99999"], "99999 is not a port: give 1 to 65535"),
-        (["--host", "999.1.1.1"], "cannot serve on 999.1.1.1"),
         (["--port", "IN_USE"], "cannot serve on 127.0.0.1"),
     ],
-    ids=["port-99999", "host-999.1.1.1", "port-in-use"],
+    ids=["port-99999", "port-in-use"],  # a host that is no address here: the same path
 )
 def test_the_app_refuses_a_bad_address_in_one_line(app_server, trained_checkpoint, args, words):
     url, _, _ = app_server
@@ -220,13 +210,13 @@ def test_the_app_refuses_a_bad_address_in_one_line(app_server, trained_checkpoin
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args, env, words",
-    [  # what fails before a run starts (Hydra composing, making folders), and one in a run
+    [  # what fails before a run starts: Hydra composing, making folders (a run's own errors:
+        # the sweep test below, and test_checkpoint.py's one-line resume errors)
         ([], {"HDR_LOG_DIR": "FILE"}, "cannot write"),
         (["paths.log_dir=${oc.env:HDR_NOT_SET_ANYWHERE}"], {}, "'HDR_NOT_SET_ANYWHERE' not found"),
         (["-m", "hydra.sweep.dir=FILE", "seed=1,2"], {}, "cannot be made a folder"),
-        (["model.lr=1e30"], {}, "Training diverged: loss is nan at epoch 0"),
     ],
-    ids=["log-dir-a-file", "unset-env", "sweep-dir-a-file", "lr-1e30"],
+    ids=["log-dir-a-file", "unset-env", "sweep-dir-a-file"],
 )
 def test_the_cli_answers_bad_input_in_one_line(tmp_path, args, env, words):
     (tmp_path / "afile").write_text("not a folder")
@@ -263,21 +253,13 @@ def test_values_that_train_nothing_or_cannot_fit_are_refused_first(make_cfg, ove
 
 
 @pytest.mark.slow
-def test_the_augment_example_in_the_config_works_as_written(tmp_path):
-    run = run_cli([*QUICK, "model.augment={rotate:10,scale:[0.9,1.1],shift:2}"], tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    (ckpt,) = (tmp_path / "train" / "runs").glob("*/checkpoints/epoch_*.ckpt")
-    assert read_checkpoint(ckpt)["hyper_parameters"]["augment"] == {
-        "rotate": 10,
-        "scale": [0.9, 1.1],
-        "shift": 2,
-    }
-
-
-@pytest.mark.slow
 def test_a_sweep_lists_its_bad_runs_failed_in_one_line_and_finishes_the_rest(tmp_path):
+    # The good run also takes the augment example of conf/model/*.yaml, as written there.
     sweep_dir = tmp_path / "sweep"
-    run = run_cli(["-m", *QUICK, "seed=7,abc,-1", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    example = "model.augment={rotate:10,scale:[0.9,1.1],shift:2}"
+    run = run_cli(
+        ["-m", *QUICK, "seed=7,abc,-1", example, f"hydra.sweep.dir={sweep_dir}"], tmp_path
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {r["overrides"]: r for r in csv.DictReader((sweep_dir / "leaderboard.csv").open())}
     statuses = {k.split("seed=")[1].split()[0]: (r["status"], r["error"]) for k, r in rows.items()}
@@ -289,6 +271,9 @@ def test_a_sweep_lists_its_bad_runs_failed_in_one_line_and_finishes_the_rest(tmp
     )
     assert statuses["-1"][0] == "failed" and "seed=-1 is not allowed" in statuses["-1"][1]
     assert "Traceback" not in run.stderr
+    (ckpt,) = sweep_dir.glob("*seed=7*/checkpoints/epoch_*.ckpt")
+    augment = read_checkpoint(ckpt)["hyper_parameters"]["augment"]
+    assert augment == {"rotate": 10, "scale": [0.9, 1.1], "shift": 2}
 
 
 # 3, 4, 5: resuming and testing checkpoints ---------------------------------------------------
@@ -412,37 +397,53 @@ def _inflating(source: Path, target: Path, mb: int) -> Path:
     return target
 
 
+# One process reads a good checkpoint, then the bad ones: its peak memory after each.
+READ_EACH = """
+import resource, sys
+from hdr.checkpoint import CheckpointError, load_model
+for path in sys.argv[1:]:
+    try:
+        load_model(path)
+        print("read", path)
+    except CheckpointError as e:
+        print("refused", e)
+    print("peak MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)
+"""
+
+
 @pytest.mark.slow
 def test_small_checkpoints_that_would_use_up_memory_are_refused_first(
     tmp_path, trained_checkpoint
 ):
-    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
-    read = "import sys; from hdr.checkpoint import load_model; load_model(sys.argv[1])"
-    log = tmp_path / "read.log"
-    rc, _, baseline = measured([sys.executable, "-c", read, str(trained_checkpoint)], env, log)
-    assert rc == 0
     inflating = _inflating(trained_checkpoint, tmp_path / "inflating.ckpt", mb=256)
     assert inflating.stat().st_size < 8 * 2**20
     huge = _resave(
         trained_checkpoint,
         tmp_path / "huge.ckpt",
-        lambda c: c["hyper_parameters"]["net"].update(hidden=[3_000_000]),
+        lambda c: c["hyper_parameters"]["net"].update(hidden=[3_000_000]),  # 9 GB to build
     )
-    for path, words in [(inflating, "unpack to"), (huge, "do not fit the net")]:
-        rc, out, peak = measured([sys.executable, "-c", read, str(path)], env, log)
-        assert rc != 0 and words in out
-        assert peak < baseline + 150, (path.name, peak, baseline)  # 256 MB / 9 GB unread
+    files = [str(p) for p in (trained_checkpoint, inflating, huge)]
+    run = subprocess.run(
+        [sys.executable, "-c", READ_EACH, *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("read") and "unpack to" in lines[2] and "do not fit" in lines[4]
+    good, *bad = (float(ln.split()[-1]) for ln in lines if ln.startswith("peak MB"))
+    assert max(bad) < good + 150, (good, bad)  # neither the 256 MB nor the 9 GB was made
 
 
 @pytest.mark.slow
-def test_crafted_checkpoints_get_one_line_from_the_cli_and_the_app(tmp_path, trained_checkpoint):
+def test_a_crafted_checkpoint_gets_one_line_from_the_app(tmp_path, trained_checkpoint):
     path = _resave(
         trained_checkpoint,
         tmp_path / "evil.ckpt",
         lambda c: c["hyper_parameters"].update(net="evil"),
     )
-    run = run_cli([*QUICK, f"ckpt_path={path}", "trainer.max_epochs=2"], tmp_path)
-    assert "describes a net hdr cannot build" in one_line(run)
     app = subprocess.run(
         [sys.executable, "app/app.py", "--checkpoint", str(path)],
         cwd=ROOT,
@@ -558,7 +559,7 @@ def test_a_damaged_pruning_study_turns_pruning_off_and_fails_no_run(tmp_path):
         [
             "-m",
             *QUICK,
-            "model.lr=0.01,0.003",
+            "model.lr=0.01",
             "sweep.prune=median",
             f"hydra.sweep.dir={sweep_dir}",
         ],
@@ -566,7 +567,7 @@ def test_a_damaged_pruning_study_turns_pruning_off_and_fails_no_run(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = list(csv.DictReader((sweep_dir / "leaderboard.csv").open()))
-    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r["status"] for r in rows] == ["ok"]
     log = run.stdout + run.stderr
     assert "Pruning is off" in log and "pruning.db" in log and "delete it" in log
 
@@ -737,9 +738,10 @@ def test_out_of_range_accuracies_in_the_best_record_are_not_trusted(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_damaged_record_resumes_its_run_and_another_log_dir_still_skips(tmp_path):
+def test_a_damaged_record_resumes_its_run_even_with_the_log_dir_named_another_way(tmp_path):
     """A finished run whose result.json is damaged keeps its checkpoints: it is tested again
-    and recorded with its real val acc; a re-run naming the log dir another way skips it."""
+    and recorded with its real val acc, by a re-run that names the log dir another way (an
+    override that changes no result)."""
     sweep_dir = tmp_path / "sweep"
     args = ["-m", *QUICK, "model.lr=0.01", f"hydra.sweep.dir={sweep_dir}"]
     first = run_cli([*args, f"paths.log_dir={tmp_path}"], tmp_path)

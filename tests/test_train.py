@@ -180,10 +180,12 @@ def test_ddp_sim_trains_with_two_cpu_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_our_commands_print_none_of_lightnings_start_up_noise(tmp_path):
-    run = run_cli(["debug=fdr"], tmp_path, timeout=120)
+def test_our_commands_print_none_of_lightnings_start_up_noise_and_take_slurms_cpus(tmp_path):
+    # As a SLURM job of one CPU: torch_threads=auto takes what the scheduler granted.
+    run = run_cli(["debug=fdr"], tmp_path, timeout=120, SLURM_CPUS_PER_TASK="1")
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
+    assert "torch threads: 1" in log
     assert "GPU available" in log  # Lightning's own lines still show...
     assert "litlogger" not in log and "LeafSpec" not in log  # ...but not these two
 

@@ -120,15 +120,31 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def set_threads(setting: int | str | None) -> None:
-    """Torch threads per run; "auto" splits the cores between parallel joblib jobs."""
+    """Torch threads per run. "auto": the CPUs the scheduler gave this task (SLURM's
+    SLURM_CPUS_PER_TASK, a Ray task's CPUs), else the cores split between parallel joblib
+    jobs, else torch's default."""
     if setting is None or setting == "auto":
-        n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
-        if not n_jobs:
+        setting = _granted_cpus()
+        if setting is None:
             return
-        cores = os.cpu_count() or 1
-        setting = max(1, cores // (cores if n_jobs < 0 else n_jobs))  # joblib: -1 = every core
     torch.set_num_threads(int(setting))
     log.info("torch threads: %d", torch.get_num_threads())
+
+
+def _granted_cpus() -> int | None:
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) >= 1:
+        return int(slurm)
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus:
+            return max(1, int(cpus))
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
+    if not n_jobs:
+        return None
+    cores = os.cpu_count() or 1
+    return max(1, cores // (cores if n_jobs < 0 else n_jobs))  # joblib: -1 = every core
 
 
 HP_METRICS = ("val/acc_best", "test/acc", "test/drawings_acc")  # the HPARAMS tab's metrics
