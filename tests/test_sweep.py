@@ -415,3 +415,41 @@ def test_leaderboard_md_keeps_one_line_per_run_whatever_the_error(tmp_path):
     assert "| 0.8 |" in board[2] and "| 90.00 | 80.00 | 1 | 12.5 |" in board[3]
     with open(tmp_path / "leaderboard.csv") as f:
         assert list(csv.DictReader(f))[0]["error"] == rows[0]["error"]  # whole in the CSV
+
+
+@pytest.mark.slow
+def test_the_full_grid_starts_its_first_run_within_a_minute(tmp_path):
+    """7,560 runs: Hydra composes and checks them a batch of 50 at a time, not all first."""
+    env = {
+        **os.environ,
+        "HDR_DATA_DIR": str(DATA_DIR),
+        "HDR_LOG_DIR": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "hdr.train",
+        "hparams_search=grid",
+        "+trainer.enable_progress_bar=false",
+    ]
+    grid = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    start, lines = time.monotonic(), []
+    try:
+        for line in grid.stdout:
+            lines.append(line)
+            if "\t#0 : model.lr=1 " in line or time.monotonic() - start > 60:
+                break
+        assert time.monotonic() - start < 60, "".join(lines)[-2000:]
+        assert "Launching 50 jobs" in "".join(lines)
+    finally:
+        os.killpg(grid.pid, signal.SIGKILL)
+        grid.wait()
