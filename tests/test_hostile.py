@@ -693,7 +693,9 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_keeps_what_was_written_and_the_same_command_resumes(small_disk, tmp_path):
+def test_a_read_only_or_full_disk_keeps_what_was_written_and_the_same_command_resumes(
+    small_disk, tmp_path
+):
     args = [
         "trainer.max_epochs=3",
         "+trainer.limit_train_batches=4",
@@ -703,6 +705,11 @@ def test_a_full_disk_keeps_what_was_written_and_the_same_command_resumes(small_d
         "callbacks.drawings.per_style=0",
         f"hydra.run.dir={small_disk / 'run'}",
     ]
+    # Read-only first: Hydra cannot make the run's folder, in one line.
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    read_only = run_cli(args, tmp_path)
+    assert "Read-only file system" in one_line(read_only)
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     full = run_cli(args, tmp_path)
     assert "The disk is full" in one_line(full) and "run the same command again" in full.stderr
     checkpoints = list((small_disk / "run" / "checkpoints").iterdir())
