@@ -4,6 +4,7 @@ Drawn on matplotlib's Figure objects directly, never through pyplot: no window, 
 backend chosen for whoever imports this (a notebook keeps its own).
 """
 
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from hdr.utils import write_atomic
 
 
 def confusion_matrix_figure(matrix: torch.Tensor, title: str = "confusion matrix") -> Figure:
@@ -30,6 +33,13 @@ def confusion_matrix_figure(matrix: torch.Tensor, title: str = "confusion matrix
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def save_png(fig: Figure, path: str | Path) -> None:
+    """The figure as a PNG file, written whole or not at all (a full disk keeps the old one)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_atomic(path, buffer.getvalue())
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -128,7 +128,9 @@ class QualityReport(L.Callback):
 
     def _save(self, fig, name: str, trainer: L.Trainer | None = None, tag: str = "") -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self.output_dir / name)
+        from hdr.plots import save_png
+
+        save_png(fig, self.output_dir / name)
         writer = tensorboard(trainer) if trainer is not None else None
         if writer is not None:
             writer.add_figure(tag, fig)

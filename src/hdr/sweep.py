@@ -16,7 +16,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
-from hdr.plots import read_scalars, study_figure
+from hdr.plots import read_scalars, save_png, study_figure
 from hdr.prune import create_study, study_url
 from hdr.records import distrust, read_result, record_best
 from hdr.utils import write_atomic
@@ -141,7 +141,7 @@ def write_study_plot(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path 
         curves[value] = [v for _, v in scalars.get("val/acc", [])]
     fig = study_figure(curves, key)
     path = Path(sweep_dir) / "val_acc.png"
-    fig.savefig(path)
+    save_png(fig, path)
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(Path(sweep_dir) / "study") as writer:

@@ -310,7 +310,8 @@ def main() -> None:
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:
-        sys.exit(f"Error: {one_line(e)}")
+        fix = " Set it, or override the key that reads it." if "Environment var" in str(e) else ""
+        sys.exit(f"Error: {one_line(e).rstrip('.')}.{fix}")
     except OSError as e:  # Hydra making the run's folder, before any run starts
         sys.exit(
             f"Error: {disk_full(e) or f'cannot write {e.filename}: {e.strerror}'}. Point "
