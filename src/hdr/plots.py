@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,11 +36,44 @@ def confusion_matrix_figure(matrix: torch.Tensor, title: str = "confusion matrix
     return fig
 
 
-def save_png(fig: Figure, path: str | Path) -> None:
-    """The figure as a PNG file, written whole or not at all (a full disk keeps the old one)."""
+def confusion_image(matrix: torch.Tensor, title: str, cell: int = 30) -> np.ndarray:
+    """The confusion matrix as an RGB array, drawn with Pillow in a few milliseconds (a
+    Matplotlib figure costs about 0.4 s): what TensorBoard shows after every validation.
+    Rows are true digits, columns predictions, each cell its count, coloured as the figure's
+    heatmap is."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    m = matrix.cpu().numpy()
+    n, margin = m.shape[0], 2 * cell
+    colours = colormaps["Blues"](np.clip(m / max(1, m.max() * 0.25), 0, 1))[..., :3]
+    image = Image.new("RGB", (margin + n * cell + 10, margin + n * cell + 10), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((margin, 8), title, fill="black")
+    draw.text((margin, cell - 8), "predicted ->", fill="black")
+    draw.text((4, margin - 14), "true", fill="black")
+    for i in range(n):
+        draw.text((margin - 14, margin + i * cell + cell // 2 - 5), str(i), fill="black")
+        draw.text((margin + i * cell + cell // 2 - 3, margin - 14), str(i), fill="black")
+        for j in range(n):
+            x, y = margin + j * cell, margin + i * cell
+            rgb = tuple(int(255 * c) for c in colours[i, j])
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=rgb)
+            if m[i, j]:
+                text = "white" if m[i, j] > m.max() * 0.15 else "black"
+                draw.text((x + 3, y + cell // 2 - 5), str(int(m[i, j])), fill=text)
+    return np.asarray(image)
+
+
+def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path) -> None:
+    """The figure as a PNG file, written whole or not at all (a full disk keeps the old one)."""
+    write_atomic(path, png_bytes(fig))
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

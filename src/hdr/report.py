@@ -121,19 +121,28 @@ class QualityReport(L.Callback):
     def _add_figure(self, trainer: L.Trainer, stage: str, matrix: torch.Tensor, epoch: int):
         writer = tensorboard(trainer)
         if writer is not None:
-            from hdr.plots import confusion_matrix_figure
+            from hdr.plots import confusion_image
 
-            fig = confusion_matrix_figure(matrix, f"{stage} confusion matrix, epoch {epoch}")
-            writer.add_figure(f"{stage}/confusion_matrix", fig, epoch)
+            image = confusion_image(matrix, f"{stage} confusion matrix, epoch {epoch}")
+            writer.add_image(f"{stage}/confusion_matrix", image, epoch, dataformats="HWC")
 
     def _save(self, fig, name: str, trainer: L.Trainer | None = None, tag: str = "") -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        from hdr.plots import save_png
+        """The figure as a PNG in the run folder, and the same picture in TensorBoard:
+        rendered once, not once for each."""
+        import io
 
-        save_png(fig, self.output_dir / name)
+        import numpy as np
+        from PIL import Image
+
+        from hdr.plots import png_bytes
+        from hdr.utils import write_atomic
+
+        png = png_bytes(fig)
+        write_atomic(self.output_dir / name, png)
         writer = tensorboard(trainer) if trainer is not None else None
         if writer is not None:
-            writer.add_figure(tag, fig)
+            image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            writer.add_image(tag, image, dataformats="HWC")
             writer.flush()
 
 
