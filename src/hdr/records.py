@@ -31,10 +31,13 @@ class RecordError(ValueError):
 
 
 @contextmanager
-def claim(run_dir: str | Path) -> Iterator[str | None]:
+def claim(run_dir: str | Path, wait: bool = False) -> Iterator[str | None]:
     """Hold `run_dir` while this process trains in it: an exclusive flock on its .claim file,
     which the kernel lets go of when the process ends, however it ends (kill -9 too), so a
-    dead run never holds a folder. Yields None when claimed, else who holds it."""
+    dead run never holds a folder. Yields None once claimed; if another process holds it,
+    yields who that is, or with `wait` says so and waits for it to let go (a sweep run again
+    while the first one's jobs still train: each run waits for its twin, then finds it
+    finished, or resumes it if it died)."""
     path = Path(run_dir) / CLAIM_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -42,8 +45,14 @@ def claim(run_dir: str | Path) -> Iterator[str | None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            return
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            if not wait:
+                yield holder
+                return
+            log.warning(
+                "%s is in use by another run (%s): waiting for it to end.", path.parent, holder
+            )
+            fcntl.flock(fd, fcntl.LOCK_EX)
         holder = f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%H:%M:%S')}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
@@ -79,6 +88,27 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
         "error": f"damaged {RESULT_FILE} ({str(result)[:100]})",
         "damaged": True,
     }
+
+
+def same_run(a: list[str], b: list[str], exclude: list[str]) -> bool:
+    """Whether two override lists make the same run, the keys that change no result aside
+    (`exclude`: those left out of run folders' names, override_dirname.exclude_keys)."""
+
+    def identity(overrides: list[str]) -> list[str]:
+        return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in exclude]
+
+    return identity(a) == identity(b)
+
+
+def finished_run(run_dir: str | Path, overrides: list[str], exclude: list[str]) -> dict | None:
+    """The record of `run_dir` if it holds this run, finished (ok or pruned): a sweep that
+    comes back to it skips it. None for anything else (new, failed, killed, damaged)."""
+    result = read_result(run_dir)
+    if result is None or result.get("status") not in FINISHED:
+        return None
+    recorded = result.get("overrides")
+    ours = isinstance(recorded, list) and same_run(recorded, overrides, exclude)
+    return result if ours else None
 
 
 def read_best(record: str | Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -24,7 +25,15 @@ from hdr.checkpoint import CheckpointError, check_resumable, load_model, read_ch
 from hdr.config import CONF_DIR, ConfigError, check
 from hdr.download import DataError
 from hdr.prune import Pruning
-from hdr.records import FINISHED, RecordError, claim, read_result, record_best, write_result
+from hdr.records import (
+    FINISHED,
+    RecordError,
+    claim,
+    read_result,
+    record_best,
+    same_run,
+    write_result,
+)
 from hdr.utils import instantiate_group, quiet_lightning, tensorboard_logger
 
 log = logging.getLogger(__name__)
@@ -173,17 +182,6 @@ def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def same_run(a: list[str], b: list[str]) -> bool:
-    """Whether two override lists make the same run: the keys that change no result (those
-    left out of run folders' names, hydra.job.config.override_dirname.exclude_keys) aside."""
-    exclude = set(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
-
-    def identity(overrides: list[str]) -> list[str]:
-        return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in exclude]
-
-    return identity(a) == identity(b)
-
-
 def rank_zero() -> bool:
     """False in the other processes of a DDP run, which re-run this command into rank 0's
     folder: they neither claim it nor clear it."""
@@ -196,7 +194,8 @@ def resume_point(out: Path, sweeping: bool) -> tuple[str, Any]:
     failed, was killed or whose record is damaged resumes from its last.ckpt if it has one."""
     result = read_result(out)
     overrides = result.get("overrides") if result else None
-    if isinstance(overrides, list) and not same_run(overrides, task_overrides()):
+    exclude = list(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
+    if isinstance(overrides, list) and not same_run(overrides, task_overrides(), exclude):
         raise RecordError(
             f"{out} holds another run ({' '.join(map(str, overrides))}): give this one a "
             "new folder (hydra.run.dir / hydra.sweep.dir)."
@@ -240,13 +239,12 @@ def run(cfg: DictConfig) -> float | None:
     quiet_lightning()
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
-    with claim(out) as holder:
+    with claim(out, wait=sweeping and rank_zero()) as holder:
         if holder and rank_zero():
-            why = f"{out} is in use by another run ({holder})"
-            if sweeping:
-                log.warning("%s: skipped here, that run trains it.", why)
-                return math.nan
-            raise RecordError(f"{why}: wait for it to end, or give this run another folder.")
+            raise RecordError(
+                f"{out} is in use by another run ({holder}): wait for it to end, or give "
+                "this run another folder."
+            )
         return _run(cfg, out, sweeping)
 
 
@@ -268,8 +266,13 @@ def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
         cfg.ckpt_path = str(detail)
     try:
         metrics, objects = train(cfg)
-    except Exception as e:
+    except (Exception, SIGTERMException) as e:
         reason = disk_full(e) or f"{type(e).__name__}: {e}"
+        if isinstance(e, SIGTERMException):  # SLURM's scancel, time limit or preemption
+            reason = (
+                "stopped by SIGTERM (cancelled, timed out or preempted) with its "
+                "checkpoints/last.ckpt saved: the same sweep command resumes it"
+            )
         try:
             write_result(out, status="failed", error=reason, overrides=task_overrides())
         except OSError as write_error:
@@ -277,6 +280,11 @@ def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
         if not sweeping:
             if isinstance(e, USER_ERRORS) or disk_full(e):  # the message says what to fix
                 raise UserError(disk_full(e) or str(e)) from None
+            if isinstance(e, SIGTERMException):
+                raise UserError(
+                    "The run was stopped by SIGTERM: resume it with "
+                    f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"
+                ) from None
             raise
         # In a sweep one failed run must not stop or hide the others: record it, go on.
         log.error("Run failed, the sweep goes on: %s", reason)

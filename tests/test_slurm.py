@@ -1,0 +1,164 @@
+"""Sweeps on a real one-node SLURM cluster (tests/slurm.py: Debian's slurm-wlm, started here,
+MaxArraySize=5, no accounting): the README's command, a job cancelled and resumed, the
+launcher killed and run again, a grid larger than MaxArraySize, a job no node can run."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DATA_DIR, ROOT
+from tests.slurm import cluster, unavailable
+
+pytestmark = pytest.mark.slow
+LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if why := unavailable():
+        pytest.skip(why)
+    with cluster(tmp_path_factory.mktemp("slurm"), "MaxArraySize=5") as env:
+        yield env
+
+
+def command(tmp_path: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hdr.train",
+        "hparams_search=lr",
+        *LAUNCHER,
+        *overrides,
+        f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "+trainer.enable_progress_bar=false",
+    ]
+
+
+def launch(cmd: list[str], env: dict, **kw) -> subprocess.Popen:
+    env = {**env, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def board(tmp_path: Path) -> dict[str, str]:
+    """Each run's status in the leaderboard, by its learning rate."""
+    import csv
+
+    with open(tmp_path / "sweep" / "leaderboard.csv") as f:
+        return {r["overrides"].split()[0]: r["status"] for r in csv.DictReader(f)}
+
+
+def pids(run: Path) -> set[int]:
+    """The processes that wrote the run's TensorBoard events."""
+    return {int(e.name.split(".")[-2]) for e in (run / "tensorboard").glob("events.*")}
+
+
+def test_a_cancelled_job_is_a_failed_run_then_resumed_and_a_killed_launcher_trains_nothing_twice(
+    slurm, tmp_path
+):
+    cmd = command(
+        tmp_path,
+        "model.lr=0.01,0.003,0.001",
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=20",
+        "data.batch_size=512",
+    )
+    first = launch(cmd, slurm)
+    sweep = tmp_path / "sweep"
+    lines = []
+    for line in first.stdout:  # the array's id, from the launcher's own words
+        lines.append(line)
+        if found := re.search(r"SLURM array (\d+): 3 runs", line):
+            array = found[1]
+            break
+    else:
+        pytest.fail("".join(lines)[-3000:])
+    deadline = time.monotonic() + 300
+    while not list(sweep.glob("0_*/checkpoints/last.ckpt")):  # run #0 has done an epoch
+        assert time.monotonic() < deadline and first.poll() is None, "".join(lines)[-3000:]
+        time.sleep(0.05)
+    subprocess.run(["scancel", f"{array}_0"], env=slurm, check=True)
+    out = "".join(lines) + finish(first)
+    statuses = board(tmp_path)
+    assert statuses["model.lr=0.003"] == statuses["model.lr=0.001"] == "ok", out[-3000:]
+    assert statuses["model.lr=0.01"] == "failed"
+    (run0,) = sweep.glob("0_*")
+    error = json.loads((run0 / "result.json").read_text())["error"]
+    assert error.startswith(f"cancelled by SLURM (scancel, or the job's owner) (job {array}_0)")
+    assert "Leaderboard (3 runs, 0 pruned, 1 failed)" in out
+
+    # The same command resumes the cancelled run from its last.ckpt, and only that one; its
+    # launcher is killed (-9) while the job trains, and the same command run again at once
+    # waits for that job rather than training the run a second time.
+    second = launch(cmd, slurm, start_new_session=True)
+    while not (run0 / "train.log").read_text().count("Resuming from"):
+        assert second.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(second.pid, signal.SIGKILL)
+    second.wait()
+    out = finish(launch(cmd, slurm))
+    assert out.count("finished before (ok): not submitted") in (2, 3), out[-3000:]
+    assert set(board(tmp_path).values()) == {"ok"}
+    result = json.loads((run0 / "result.json").read_text())
+    assert result["epochs"] == 3 and len(pids(run0)) == 2  # the cancelled try, the resumed one
+    assert result["pid"] in pids(run0)
+    for run in sweep.glob("[12]_*"):
+        assert pids(run) == {json.loads((run / "result.json").read_text())["pid"]}
+
+
+def test_a_grid_larger_than_max_array_size_goes_in_arrays_under_export_none(slurm, tmp_path):
+    """12 runs on a cluster whose arrays hold 5 tasks: three arrays, one after another. The
+    jobs get none of the launcher's environment (sbatch --export=NONE) and no HDR_*: the
+    folders are written into the job script."""
+    lrs = ",".join(str(round(0.01 - 0.0008 * i, 4)) for i in range(12))
+    cmd = command(
+        tmp_path,
+        f"model.lr={lrs}",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+        "callbacks.drawings.per_style=0",
+        "+hydra.launcher.additional_parameters={export:NONE}",
+        f"paths.data_dir={DATA_DIR}",
+    )
+    env = {k: v for k, v in slurm.items() if not k.startswith("HDR_")}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    out = finish(proc, timeout=600)
+    arrays = re.findall(r"SLURM array \d+: (\d+) runs", out)
+    assert arrays == ["5", "5", "2"], out[-3000:]
+    assert list(board(tmp_path).values()) == ["ok"] * 12
+
+
+def test_a_job_no_node_can_run_is_refused_and_named(slurm, tmp_path):
+    cmd = command(tmp_path, "model.lr=0.01,0.001", "hydra.launcher.cpus_per_task=64")
+    run = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**slurm, "HDR_DATA_DIR": str(DATA_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "partition debug can never run these jobs: each asks 64 CPUs" in run.stderr
+    assert f"its largest node has {os.cpu_count()} CPUs" in run.stderr
+    squeue = subprocess.run(["squeue", "-h"], env=slurm, capture_output=True, text=True)
+    assert squeue.stdout.strip() == ""  # nothing was submitted
