@@ -24,7 +24,9 @@ LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.lau
 def slurm(tmp_path_factory):
     if why := unavailable():
         pytest.skip(why)
-    with cluster(tmp_path_factory.mktemp("slurm"), "MaxArraySize=5") as env:
+    host = os.uname().nodename.split(".")[0]
+    short = f"PartitionName=short Nodes={host} MaxTime=1 State=UP"  # one minute at most
+    with cluster(tmp_path_factory.mktemp("slurm"), "MaxArraySize=5", short) as env:
         yield env
 
 
@@ -162,3 +164,18 @@ def test_a_job_no_node_can_run_is_refused_and_named(slurm, tmp_path):
     assert f"its largest node has {os.cpu_count()} CPUs" in run.stderr
     squeue = subprocess.run(["squeue", "-h"], env=slurm, capture_output=True, text=True)
     assert squeue.stdout.strip() == ""  # nothing was submitted
+
+
+def test_a_job_that_would_pend_for_ever_is_cancelled_and_named(slurm, tmp_path):
+    """sbatch takes a job that asks more time than the partition allows, and SLURM keeps it
+    pending for ever: the launcher cancels it and says why."""
+    cmd = command(tmp_path, "model.lr=0.01,0.001", "hydra.launcher.partition=short",
+                  "hydra.launcher.timeout_min=5")  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, env={**slurm, "HDR_DATA_DIR": str(DATA_DIR)},
+                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    # SLURM 22.05 gives PartitionConfig as the reason; others give PartitionTimeLimit
+    assert re.search(r"can never start \(Partition\w+\): it asks partition short", run.stderr)
+    assert "1 CPUs, 2 GB, 0 GPUs and 5 minutes" in run.stderr
+    squeue = subprocess.run(["squeue", "-h"], env=slurm, capture_output=True, text=True)
+    assert squeue.stdout.strip() == ""  # cancelled, not left pending

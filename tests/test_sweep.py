@@ -338,6 +338,34 @@ def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path, 
     assert {p: p.read_bytes() for p in folder.glob("*/result.json")} == results
 
 
+@pytest.mark.slow
+def test_four_runs_at_once_share_one_pruning_study_on_a_loaded_cpu(tmp_path):
+    """Four runs report to one SQLite study at the same moments, while another process keeps
+    a core busy: none fails, and none loses its pruning, for want of the study's lock."""
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 300\n"
+                             "while time.time() < end: pass"])  # fmt: skip
+    try:
+        rows, log, folder = sweep(
+            tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+            "model.lr=0.01,0.005,0.003,0.002", "trainer.max_epochs=2", "sweep.prune=median",
+            "callbacks.pruning.startup_runs=100", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+            "callbacks.drawings.per_style=0",
+        )  # fmt: skip
+    finally:
+        busy.kill()
+        busy.wait()
+    assert [r["status"] for r in rows] == ["ok"] * 4, log[-3000:]
+    assert "Pruning is off" not in log
+    import optuna
+
+    study = optuna.load_study(study_name="pruning", storage=f"sqlite:///{folder}/pruning.db")
+    assert len(study.trials) == 4
+    assert all(
+        len(t.intermediate_values) == 3 and t.state.name == "COMPLETE" for t in study.trials
+    )
+
+
 @pytest.mark.parametrize(
     "damage, set_aside",
     [

@@ -63,6 +63,11 @@ def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, t
     return batch
 
 
+# Splits read in this process, shared read-only by its runs: the runs of a sweep on the basic
+# launcher, or a test session, read and convert the files once (about 0.3 s a run).
+_LOADED: dict[tuple[str, int, int], dict[str, TensorImages]] = {}
+
+
 class MNISTDataModule(L.LightningDataModule):
     """MNIST: 55k train / 5k validation (seeded split of the official train set) / 10k test."""
 
@@ -95,6 +100,12 @@ class MNISTDataModule(L.LightningDataModule):
             return
         if not self.trainer:  # used outside a Trainer: prepare_data was not called for us
             self.prepare_data()
+        key = (str(self.data_dir), self.hparams.val_size, self.hparams.split_seed)
+        if key not in _LOADED:
+            _LOADED[key] = self._load()
+        self.splits = _LOADED[key]
+
+    def _load(self) -> dict[str, TensorImages]:
         train = MNIST(self.data_dir, train=True, download=False)
         test = MNIST(self.data_dir, train=False, download=False)
         images, targets = to_float(train.data), train.targets
@@ -103,7 +114,7 @@ class MNISTDataModule(L.LightningDataModule):
             len(targets), generator=torch.Generator().manual_seed(self.hparams.split_seed)
         )
         val_idx, train_idx = perm[: self.hparams.val_size], perm[self.hparams.val_size :]
-        self.splits = {
+        return {
             "train": TensorImages(images[train_idx], targets[train_idx]),
             "val": TensorImages(images[val_idx], targets[val_idx]),
             "test": TensorImages(to_float(test.data), test.targets),

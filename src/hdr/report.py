@@ -58,10 +58,10 @@ class QualityReport(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record(trainer, trainer.current_epoch - 1)
         if trainer.is_global_zero and self.curves["val/acc"]:
-            from hdr.plots import accuracy_figure
+            from hdr.plots import accuracy_image
 
             curves = {tag: [v for _, v in sorted(c.items())] for tag, c in self.curves.items()}
-            self._save(accuracy_figure(curves), "accuracy.png")
+            self._save(accuracy_image(curves), "accuracy.png")
 
     def state_dict(self) -> dict[str, Any]:
         return {"curves": self.curves}
@@ -92,13 +92,13 @@ class QualityReport(L.Callback):
             pl_module.log(f"test/precision_{d}", precision[d])
             pl_module.log(f"test/recall_{d}", recall[d])
         if trainer.is_global_zero:
-            from hdr.plots import confusion_matrix_figure, mistakes_figure
+            from hdr.plots import confusion_image, mistakes_image
 
-            self._save(confusion_matrix_figure(matrix, "test confusion matrix"),
-                       "confusion_matrix.png", trainer, "test/confusion_matrix")  # fmt: skip
+            image = confusion_image(matrix, "test confusion matrix")
+            self._save(image, "confusion_matrix.png", trainer, "test/confusion_matrix")
             if self.wrong:
-                fig = mistakes_figure(*self.most_confident_mistakes())
-                self._save(fig, "mistakes.png", trainer, "test/most_confident_mistakes")
+                image = mistakes_image(*self.most_confident_mistakes())
+                self._save(image, "mistakes.png", trainer, "test/most_confident_mistakes")
 
     def most_confident_mistakes(self) -> tuple[torch.Tensor, ...]:
         """The k test mistakes made with the highest confidence: (conf, x, y, pred)."""
@@ -126,22 +126,14 @@ class QualityReport(L.Callback):
             image = confusion_image(matrix, f"{stage} confusion matrix, epoch {epoch}")
             writer.add_image(f"{stage}/confusion_matrix", image, epoch, dataformats="HWC")
 
-    def _save(self, fig, name: str, trainer: L.Trainer | None = None, tag: str = "") -> None:
-        """The figure as a PNG in the run folder, and the same picture in TensorBoard:
-        rendered once, not once for each."""
-        import io
-
-        import numpy as np
-        from PIL import Image
-
-        from hdr.plots import png_bytes
+    def _save(self, image, name: str, trainer: L.Trainer | None = None, tag: str = "") -> None:
+        """The picture (an RGB array) as a PNG in the run folder, and in TensorBoard."""
+        from hdr.plots import png_of
         from hdr.utils import write_atomic
 
-        png = png_bytes(fig)
-        write_atomic(self.output_dir / name, png)
+        write_atomic(self.output_dir / name, png_of(image))
         writer = tensorboard(trainer) if trainer is not None else None
         if writer is not None:
-            image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
             writer.add_image(tag, image, dataformats="HWC")
             writer.flush()
 

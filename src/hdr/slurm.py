@@ -7,17 +7,8 @@ from dataclasses import dataclass
 
 # Pending reasons that no amount of waiting clears: the job asks what the partition can never
 # give (squeue's %r). A job pending for any other reason (Resources, Priority, ...) waits.
-NEVER = {
-    "PartitionConfig",
-    "PartitionNodeLimit",
-    "PartitionTimeLimit",
-    "PartitionDown",
-    "PartitionInactive",
-    "BadConstraints",
-    "InvalidAccount",
-    "InvalidQOS",
-    "ReqNodeNotAvail",
-}
+NEVER = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "PartitionDown"}
+NEVER |= {"PartitionInactive", "BadConstraints", "InvalidAccount", "InvalidQOS"}
 ENDED = {
     "CANCELLED": "cancelled by SLURM (scancel, or the job's owner)",
     "TIMEOUT": "stopped by SLURM at its time limit (hydra.launcher.timeout_min)",

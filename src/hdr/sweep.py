@@ -16,7 +16,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
-from hdr.plots import read_scalars, save_png, study_figure
+from hdr.plots import read_scalars, save_png, study_image
 from hdr.prune import create_study, study_url
 from hdr.records import distrust, read_result, record_best
 from hdr.utils import write_atomic
@@ -139,13 +139,13 @@ def write_study_plot(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path 
         value = dict(o.partition("=")[::2] for o in row["overrides"].split()).get(key, "?")
         scalars = read_scalars(Path(row["dir"]) / "tensorboard")
         curves[value] = [v for _, v in scalars.get("val/acc", [])]
-    fig = study_figure(curves, key)
+    image = study_image(curves, key)
     path = Path(sweep_dir) / "val_acc.png"
-    save_png(fig, path)
+    save_png(image, path)
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(Path(sweep_dir) / "study") as writer:
-        writer.add_figure(f"study/val_acc_by_{key}", fig)
+        writer.add_image(f"study/val_acc_by_{key}", image, dataformats="HWC")
     return path
 
 

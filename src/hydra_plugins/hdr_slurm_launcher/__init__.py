@@ -25,17 +25,8 @@ from omegaconf import OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
-WAITING = {
-    "PENDING",
-    "CONFIGURING",
-    "RUNNING",
-    "COMPLETING",
-    "REQUEUED",
-    "RESIZING",
-    "SUSPENDED",
-    "STAGE_OUT",
-    "SIGNALING",
-}
+# States in which a job may still write its result; any other, and it has ended.
+WAITING = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"}
 GRACE_S = 15  # a job gone from SLURM gets this long for its result file to show up
 POLL_S = 2.0
 
@@ -161,9 +152,15 @@ class SlurmLauncher(SubmititSlurmLauncher):
                     continue
                 state, reason = states.get(job.job_id, ("GONE", ""))
                 if job.paths.result_pickle.exists():
-                    # SLURM's account too, where it stopped a run that caught the SIGTERM
-                    why = slurm.ENDED.get(state)
-                    outcomes[job.job_id] = (_unpickle(pickle_load, job.paths.result_pickle), why)
+                    outcome = _unpickle(pickle_load, job.paths.result_pickle)
+                    value = outcome._return_value if outcome else None
+                    failed = not (isinstance(value, float) and math.isfinite(value))
+                    # A run that caught SLURM's SIGTERM ends before SLURM says why: give the
+                    # state a moment to settle, so that the record can say it too.
+                    since = time.monotonic() - gone.setdefault(job.job_id, time.monotonic())
+                    if failed and state in WAITING and since < GRACE_S:
+                        continue
+                    outcomes[job.job_id] = (outcome, slurm.ENDED.get(state))
                 elif state == "PENDING" and reason in slurm.NEVER:
                     slurm.cancel(array_id)
                     raise HydraException(
