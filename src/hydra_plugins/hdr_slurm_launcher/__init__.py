@@ -37,6 +37,11 @@ class SlurmLauncher(SubmititSlurmLauncher):
         from hdr.records import finished_run
 
         params = self.params
+        log.info(
+            "SLURM: checking %d runs against partition %s and their folders",
+            len(job_overrides),
+            params.get("partition") or "(default)",
+        )
         try:
             slurm.check_fits(
                 params.get("partition"),
