@@ -17,7 +17,9 @@ from tests.helpers import DATA_DIR, ROOT
 from tests.slurm import cluster, unavailable
 
 pytestmark = pytest.mark.slow
-LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
+# The README's command, with 1 CPU a run so that 2 run at once on a 2-core node
+LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.partition=debug",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
