@@ -127,8 +127,10 @@ def test_a_cancelled_job_is_a_failed_run_then_resumed_and_a_killed_launcher_trai
 
 def test_a_grid_larger_than_max_array_size_goes_in_arrays_under_export_none(slurm, tmp_path):
     """12 runs on a cluster whose arrays hold 5 tasks: three arrays, one after another. The
-    jobs get none of the launcher's environment (sbatch --export=NONE) and no HDR_*: the
-    folders are written into the job script."""
+    jobs get none of the launcher's environment and no HDR_*: the folders are written into
+    the job script. (`--export=PYTHONPYCACHEPREFIX` is `--export=NONE` but for the tests'
+    bytecode folder, which keeps the checkout clean; srun then hands the job nothing either,
+    which is what broke submitit under NONE.)"""
     lrs = ",".join(str(round(0.01 - 0.0008 * i, 4)) for i in range(12))
     cmd = command(
         tmp_path,
@@ -138,7 +140,7 @@ def test_a_grid_larger_than_max_array_size_goes_in_arrays_under_export_none(slur
         "+trainer.limit_val_batches=1",
         "+trainer.limit_test_batches=1",
         "callbacks.drawings.per_style=0",
-        "+hydra.launcher.additional_parameters={export:NONE}",
+        "+hydra.launcher.additional_parameters={export:PYTHONPYCACHEPREFIX}",
         f"paths.data_dir={DATA_DIR}",
     )
     env = {k: v for k, v in slurm.items() if not k.startswith("HDR_")}

@@ -362,7 +362,7 @@ def test_four_runs_at_once_share_one_pruning_study_on_a_loaded_cpu(tmp_path):
     study = optuna.load_study(study_name="pruning", storage=f"sqlite:///{folder}/pruning.db")
     assert len(study.trials) == 4
     assert all(
-        len(t.intermediate_values) == 3 and t.state.name == "COMPLETE" for t in study.trials
+        len(t.intermediate_values) == 2 and t.state.name == "COMPLETE" for t in study.trials
     )
 
 
