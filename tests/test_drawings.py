@@ -7,6 +7,7 @@ import torch
 
 from hdr.checkpoint import load_model
 from hdr.drawings import STYLES, accuracy, draw, make_drawings, pen_lines, pen_path, thin
+from hdr.report import DrawingsReport
 
 
 def test_each_style_is_a_picture_as_the_app_receives_it(mnist):
@@ -51,3 +52,18 @@ def test_thinning_keeps_a_ring_whole_and_one_pixel_wide():
     # traced again with a 5-px pen: a ring 5 px wide, not the 9 px it was
     pen = pen_path(torch.nn.functional.interpolate(line[None, None], scale_factor=2)[0, 0], 5)
     assert 0.2 < pen.sum() / (ring.sum() * 4) < 0.75
+
+
+def test_drawings_are_made_once_into_their_cache_and_a_damaged_one_is_made_again(mnist, tmp_path):
+    test = mnist.splits["test"]
+    made = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test)
+    (cached,) = tmp_path.glob("drawings-5-0-*.pt")  # named by the code that makes them
+    fresh = make_drawings(test.images, test.targets, 5)
+    for style in STYLES:
+        assert torch.equal(made[style][0], fresh[style][0])
+    stamp = cached.stat().st_mtime_ns
+    again = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test)
+    assert cached.stat().st_mtime_ns == stamp and torch.equal(again["scan"][0], fresh["scan"][0])
+    cached.write_bytes(b"cut short")
+    remade = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test)
+    assert torch.equal(remade["canvas"][0], fresh["canvas"][0]) and cached.stat().st_size > 1000

@@ -2,6 +2,10 @@
 precision and recall, the most confident mistakes and the accuracy curves, written as PNGs
 into the run folder and as images into TensorBoard; and the reading of people's drawings."""
 
+import contextlib
+import hashlib
+import inspect
+import io
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +13,9 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
+from hdr import drawings, preprocess
 from hdr.drawings import accuracy, make_drawings
-from hdr.utils import tensorboard_logger
+from hdr.utils import tensorboard_logger, write_atomic
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -129,7 +134,6 @@ class QualityReport(L.Callback):
     def _save(self, image, name: str, trainer: L.Trainer | None = None, tag: str = "") -> None:
         """The picture (an RGB array) as a PNG in the run folder, and in TensorBoard."""
         from hdr.plots import png_of
-        from hdr.utils import write_atomic
 
         write_atomic(self.output_dir / name, png_of(image))
         writer = tensorboard(trainer) if trainer is not None else None
@@ -141,20 +145,45 @@ class QualityReport(L.Callback):
 class DrawingsReport(L.Callback):
     """After the test: how well the model reads people's drawings (hdr.drawings), logged
     as `test/drawings_acc` and `test/drawings_acc_<style>`. Made from MNIST test digits with
-    a fixed seed, they measure only: nothing here trains or chooses a model."""
+    a fixed seed, they measure only: nothing here trains or chooses a model.
+
+    Making them takes about 2 s, which each process of a sweep (every SLURM job) would pay:
+    they are kept in `cache_dir`, under a name that changes with the code that makes them,
+    and made again when that file is missing or damaged."""
 
     _made: dict[tuple[int, int], dict] = {}  # the same drawings every run of a process
 
-    def __init__(self, per_style: int = 50, seed: int = 0) -> None:
+    def __init__(self, per_style: int = 50, seed: int = 0, cache_dir: str | None = None) -> None:
         self.per_style, self.seed = per_style, seed
+        self.cache_dir = Path(cache_dir) if cache_dir else None
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.per_style < 1 or trainer.sanity_checking:
             return
         key = (self.per_style, self.seed)
         if key not in self._made:
-            test = trainer.datamodule.splits["test"]
-            self._made[key] = make_drawings(test.images, test.targets, *key)
+            self._made[key] = self._cached(trainer.datamodule.splits["test"])
         for style, acc in accuracy(pl_module, self._made[key]).items():
             name = "test/drawings_acc" + ("" if style == "all" else f"_{style}")
             pl_module.log(name, acc)
+
+    def _cached(self, test: Any) -> dict:
+        path = None
+        if self.cache_dir is not None:
+            code = "".join(inspect.getsource(m) for m in (drawings, preprocess))
+            digest = hashlib.sha256(code.encode()).hexdigest()[:16]
+            path = self.cache_dir / f"drawings-{self.per_style}-{self.seed}-{digest}.pt"
+            try:
+                made = torch.load(path, weights_only=True)
+                if set(made) == set(drawings.STYLES):
+                    return made
+            except Exception:  # missing or damaged: made again, and the file replaced
+                pass
+        made = make_drawings(test.images, test.targets, self.per_style, self.seed)
+        if path is not None:
+            buffer = io.BytesIO()
+            torch.save(made, buffer)
+            # A folder that cannot be written costs the next run 2 s, no more.
+            with contextlib.suppress(OSError):
+                write_atomic(path, buffer.getvalue())
+        return made
