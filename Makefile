@@ -2,9 +2,6 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# MNIST: a read-only copy beside the checkout if there is one, else data/ (downloaded on first use).
-HDR_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(abspath data))
-export HDR_DATA_DIR
 
 .PHONY: install browser train app test lint clean
 

@@ -16,7 +16,6 @@ measure the client, not the app.
 """
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -25,19 +24,20 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 import httpx
 from PIL import Image
 
+from hdr.config import data_dir
 from hdr.data import MNISTDataModule
+from hdr.drawings import redraw
+from hdr.loopback import ask_app, free_port, wait_listening
 from hdr.utils import cpu_description
-from tests.helpers import ask_app, free_port, redraw, wait_listening
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--checkpoint", help="default: the best recorded model")
 parser.add_argument("--clients", type=int, default=20)
 parser.add_argument("--requests", type=int, default=50, help="per client")
-parser.add_argument("--data-dir", default=os.environ.get("HDR_DATA_DIR", "data"))
+parser.add_argument("--data-dir", default=data_dir(), help="default: paths.data_dir's rule")
 args = parser.parse_args()
 
 dm = MNISTDataModule(data_dir=args.data_dir, download=False)

@@ -10,12 +10,12 @@ here trains or chooses a model. Prints one markdown row per checkpoint.
 """
 
 import argparse
-import os
 import time
 
 import torch
 
 from hdr.checkpoint import load_model
+from hdr.config import data_dir
 from hdr.data import MNISTDataModule
 from hdr.drawings import STYLES, accuracy, make_drawings
 from hdr.utils import cpu_description
@@ -23,7 +23,7 @@ from hdr.utils import cpu_description
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("checkpoints", nargs="+")
 parser.add_argument("--per-style", type=int, default=200, help="drawings of each style")
-parser.add_argument("--data-dir", default=os.environ.get("HDR_DATA_DIR", "data"))
+parser.add_argument("--data-dir", default=data_dir(), help="default: paths.data_dir's rule")
 args = parser.parse_args()
 
 dm = MNISTDataModule(data_dir=args.data_dir, download=False)

@@ -20,11 +20,10 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
-from hdr.config import CONF_DIR, check
+from hdr.config import check, compose
 from hdr.utils import cpu_description, cpu_precision
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -60,8 +59,7 @@ if emulated:
         "that has them; the fast_* recipes train in fp32 here (hdr.utils.cpu_precision)."
     )
 
-with initialize_config_dir(CONF_DIR, version_base="1.3"):
-    cfg = compose("train", overrides=args.overrides or ["experiment=student"])
+cfg = compose(args.overrides or ["experiment=student"])
 check(cfg)
 dm = instantiate(cfg.data, download=False)
 dm.setup()

@@ -7,25 +7,22 @@ app's canvas size. Prints one line per checkpoint: parameters, p50 and p99 in mi
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 import torch
 
+from hdr.config import data_dir
 from hdr.data import MNISTDataModule
+from hdr.drawings import redraw
 from hdr.module import DigitClassifier
 from hdr.preprocess import to_mnist
 from hdr.utils import cpu_description
-from tests.helpers import redraw
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("checkpoints", nargs="+")
 parser.add_argument("--calls", type=int, default=1000)
-parser.add_argument("--data-dir", default=os.environ.get("HDR_DATA_DIR", "data"))
+parser.add_argument("--data-dir", default=data_dir(), help="default: paths.data_dir's rule")
 args = parser.parse_args()
 
 dm = MNISTDataModule(data_dir=args.data_dir, download=False)

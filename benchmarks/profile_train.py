@@ -16,11 +16,10 @@ import argparse
 import time
 
 import lightning as L
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.profiler import ProfilerActivity, profile
 
-from hdr.config import CONF_DIR, check
+from hdr.config import check, compose
 from hdr.utils import cpu_description
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -28,8 +27,7 @@ parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experime
 parser.add_argument("--epochs", type=int, default=1)
 args = parser.parse_args()
 
-with initialize_config_dir(CONF_DIR, version_base="1.3"):
-    cfg = compose("train", overrides=args.overrides or ["experiment=student"])
+cfg = compose(args.overrides or ["experiment=student"])
 check(cfg)
 dm = instantiate(cfg.data, download=False)
 dm.setup()

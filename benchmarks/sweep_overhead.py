@@ -41,14 +41,12 @@ def plain() -> None:
     """The same runs by hand: build, shuffle, index a batch, step."""
     import torch
     import torch.nn.functional as F
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from hdr.config import CONF_DIR
-    from hdr.module import build_optimizer
+    from hdr.config import compose
+    from hdr.optim import build_optimizer
 
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=student"])
+    cfg = compose(["experiment=student"])
     dm = instantiate(cfg.data, download=False)
     dm.setup()
     train, batch = dm.splits["train"], cfg.data.batch_size

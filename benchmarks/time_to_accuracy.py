@@ -13,15 +13,13 @@ a recipe holds only if every seed reaches the target.
 
 import argparse
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from hdr.config import check  # importing it also registers the schema conf/ composes against
+from hdr.config import check, compose
 from hdr.utils import cpu_description
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -30,8 +28,7 @@ parser.add_argument("--target", type=float, default=0.98, help="test accuracy to
 parser.add_argument("--seeds", type=int, default=1, help="runs, with seeds seed, seed+1, ...")
 args = parser.parse_args()
 
-with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-    cfg = compose("train", overrides=args.overrides, return_hydra_config=True)
+cfg = compose(args.overrides, hydra=True)
 HydraConfig().set_config(cfg)  # paths.output_dir refers to Hydra's run folder
 check(cfg)
 

@@ -7,7 +7,7 @@ The recipe comes from the real config (any Hydra overrides; default the student'
 trained on the 55k in-memory training split. One process; a Lightning epoch and a plain
 epoch alternate (the plain one runs inside a callback between Lightning's epochs), so both
 see the same machine state. The plain loop steps the same net with the same optimizer and
-schedule (hdr.module.build_optimizer), loss and batches; Lightning adds its hooks, the
+schedule (hdr.optim.build_optimizer), loss and batches; Lightning adds its hooks, the
 sampler and DataLoader, and our per-step work (train accuracy and loss metrics, the
 divergence check). Prints the median seconds per epoch of each and the ratio ours / plain.
 """
@@ -19,11 +19,10 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from hdr.config import CONF_DIR, check
-from hdr.module import build_optimizer
+from hdr.config import check, compose
+from hdr.optim import build_optimizer
 from hdr.utils import cpu_description
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -31,8 +30,7 @@ parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experime
 parser.add_argument("--epochs", type=int, default=12, help="timed epochs each, after a warm-up")
 args = parser.parse_args()
 
-with initialize_config_dir(CONF_DIR, version_base="1.3"):
-    cfg = compose("train", overrides=args.overrides or ["experiment=student"])
+cfg = compose(args.overrides or ["experiment=student"])
 check(cfg)
 torch.manual_seed(0)
 dm = instantiate(cfg.data, download=False)

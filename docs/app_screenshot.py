@@ -8,12 +8,10 @@ import math
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 from playwright.sync_api import expect, sync_playwright
 
-from tests.helpers import BROWSER_ARGS, CHROMIUM, wait_listening
+from hdr.loopback import BROWSER_ARGS, CHROMIUM, wait_listening
 
 PORT = 7890
 

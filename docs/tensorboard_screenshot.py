@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 from playwright.sync_api import sync_playwright
 
-from tests.helpers import BROWSER_ARGS, CHROMIUM, wait_listening
+from hdr.loopback import BROWSER_ARGS, CHROMIUM, wait_listening
 
 if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
     sys.exit("usage: python docs/tensorboard_screenshot.py SWEEP_DIR")

@@ -28,21 +28,10 @@ from app.app import (
 )
 from hdr.checkpoint import CheckpointError
 from hdr.config import ROOT
+from hdr.drawings import redraw
+from hdr.loopback import BROWSER_ARGS, CHROMIUM, ask_app, free_port, wait_listening
 from hdr.records import RecordError
-from tests.helpers import (
-    BAD_PICTURES,
-    BROWSER_ARGS,
-    CHROMIUM,
-    DATA_DIR,
-    ask_app,
-    free_port,
-    quiet_trainer,
-    redraw,
-    sketch,
-    wait_listening,
-    write_huge,
-    write_pictures,
-)
+from tests.helpers import BAD_PICTURES, DATA_DIR, quiet_trainer, sketch, write_huge, write_pictures
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +122,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, trained_checkpoint):
 
 
 def test_predict_reads_a_drawing_and_declines_a_blank(trained_checkpoint, digits):
-    model, about = load_model(trained_checkpoint)
+    model, about, _ = load_model(trained_checkpoint)
     assert "MLP [1400]" in about
     predict = make_predict(model)
     label, seen = predict(sketch(redraw(digits.images[0], 400, 0.6, "centre", True)))
@@ -163,7 +152,7 @@ def cnn_checkpoint(tmp_path_factory) -> Path:
 def server(trained_checkpoint, cnn_checkpoint):
     """The app with two models: the default an MLP (as the student's), and a CNN."""
     mlp, cnn = load_model(trained_checkpoint), load_model(cnn_checkpoint)
-    demo = build({f"student: {mlp[1]}": mlp, f"app: {cnn[1]}": cnn})
+    demo = build({f"student: {mlp.about}": mlp, f"app: {cnn.about}": cnn})
     port = free_port()
     demo.launch(
         server_name="127.0.0.1",
@@ -346,7 +335,7 @@ def test_browser_draws_submits_and_clears(server, tmp_path):
 
 
 def test_the_app_serves_a_cnn_too(cnn_checkpoint, digits):
-    loaded, about = load_model(cnn_checkpoint)
+    loaded, about, _ = load_model(cnn_checkpoint)
     assert about.startswith("CNN [8, 16]")
     label, _ = make_predict(loaded)(sketch(redraw(digits.images[1], 400, 0.6, "centre", False)))
     assert max(label, key=label.get) == str(digits.targets[1].item())
@@ -396,5 +385,5 @@ def test_recorded_models_offer_the_best_of_each_recipe_best_first(
     assert len(labels) == 2
     assert labels[0].startswith("best: CNN [8, 16]") and labels[1].startswith("student: MLP")
     assert to_compare(choices) == (labels[1], labels[0])
-    (mlp, _), (cnn, _) = choices[labels[1]], choices[labels[0]]
+    mlp, cnn = choices[labels[1]].model, choices[labels[0]].model
     assert mlp.hparams.net["name"] == "mlp" and cnn.hparams.net["name"] == "cnn"

@@ -4,7 +4,14 @@ import lightning as L
 import pytest
 import torch
 
-from hdr.augment import augment_batch, elastic, low_resolution, random_affine, random_thickness
+from hdr.augment import (
+    AugmentConfig,
+    augment_batch,
+    elastic,
+    low_resolution,
+    random_affine,
+    random_thickness,
+)
 from hdr.data import MNISTDataModule
 from hdr.models import build_net
 from hdr.module import DigitClassifier
@@ -84,7 +91,7 @@ def test_augmentation_moves_pixels_but_keeps_the_ink():
         lambda x: random_thickness(x, 1.0),
         lambda x: elastic(x, 34, 4),
         lambda x: low_resolution(x, 1.0),
-        lambda x: augment_batch(x, 12, (0.85, 1.15), 2, 0.3, 1.0, 34, 4, 0.15),
+        lambda x: augment_batch(x, AugmentConfig(12, [0.85, 1.15], 2, 0.3, 1.0, 34, 4, 0.15)),
     ],
     ids=["thickness", "elastic", "low_res", "all"],
 )
@@ -108,7 +115,9 @@ def test_elastic_and_affine_resample_once(mnist):
         return ((y > 0.9).sum() / (y > 0.5).sum()).item()
 
     torch.manual_seed(0)
-    once = crisp(augment_batch(x, 10, (0.9, 1.1), 2, elastic_alpha=34, elastic_sigma=4))
+    once = crisp(
+        augment_batch(x, AugmentConfig(10, [0.9, 1.1], 2, elastic_alpha=34, elastic_sigma=4))
+    )
     torch.manual_seed(0)
     twice = crisp(random_affine(elastic(x, 34, 4), 10, (0.9, 1.1), 2))
     torch.manual_seed(0)

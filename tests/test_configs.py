@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from hdr.config import ConfigError, check
+from hdr.config import ConfigError, check, compose
 from hdr.train import train
 from hdr.utils import instantiate_group
-from tests.helpers import CONF, compose_cfg
+from tests.helpers import CONF
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
@@ -35,7 +35,7 @@ def test_option_composes_and_instantiates(make_cfg, group, option):
 
 @pytest.mark.parametrize("name", ["student", "seed"])  # seed: the old name, an alias
 def test_the_student_experiment_is_the_student_project(name):
-    cfg = compose_cfg([f"experiment={name}"])
+    cfg = compose([f"experiment={name}"], hydra=True)
     assert cfg.data.batch_size == 2900
     assert cfg.model.lr == 0.01 and cfg.model.optimizer == "adam"
     assert cfg.model.net.hidden == [1400] and cfg.model.net.activation == "relu"

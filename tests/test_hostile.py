@@ -21,11 +21,13 @@ from PIL import Image, PngImagePlugin
 from hdr.checkpoint import CheckpointError, load_model, read_checkpoint
 from hdr.config import ConfigError
 from hdr.download import RAW_SHA256, DataError, verify_raw_files
+from hdr.drawings import redraw
+from hdr.loopback import free_port, wait_listening
 from hdr.preprocess import NotADigit, read_picture, to_mnist
 from hdr.records import RecordError, read_best
 from hdr.sweep import summarize
 from hdr.train import train
-from tests.helpers import DATA_DIR, ROOT, free_port, redraw, run_cli, shrunk_cfg, wait_listening
+from tests.helpers import DATA_DIR, ROOT, run_cli, shrunk_cfg
 
 # One epoch of a few batches, one batch of validation and test, no drawings report: seconds.
 QUICK = [
@@ -147,11 +149,11 @@ def test_the_sketchpad_holds_few_half_sent_drawings_and_no_huge_layer_index(trai
     import gradio as gr
     from gradio.data_classes import FileData
 
-    from app.app import MAX_SKETCHES, build
-    from app.app import load_model as choice
+    from app.app import build, load_model
+    from hdr.sketchpad import MAX_SKETCHES
 
-    model, about = choice(trained_checkpoint)
-    demo = build({about: (model, about)})
+    choice = load_model(trained_checkpoint)
+    demo = build({choice.about: choice})
     (pad,) = [b for b in demo.blocks.values() if isinstance(b, gr.Sketchpad)]
 
     class Blob:  # what Gradio's /component_server hands accept_blobs
@@ -169,16 +171,17 @@ def test_the_sketchpad_holds_few_half_sent_drawings_and_no_huge_layer_index(trai
 
 def test_the_app_bounds_its_disk_use(tmp_path, monkeypatch, trained_checkpoint):
     import app.app as app
+    from hdr import sketchpad
 
-    monkeypatch.setattr(app, "PREVIEWS", tmp_path / "previews")
-    for i in range(app.MAX_PREVIEWS + 40):  # distinct drawings, each its own preview
+    monkeypatch.setattr(sketchpad, "PREVIEWS", tmp_path / "previews")
+    for i in range(sketchpad.MAX_PREVIEWS + 40):  # distinct drawings, each its own preview
         x = torch.zeros(1, 1, 28, 28)
         x.view(-1)[i % 784] = 1
         x.view(-1)[i // 784] = 0.5
-        app.preview(x)
-    assert len(list((tmp_path / "previews").glob("*.png"))) == app.MAX_PREVIEWS
-    model, about = app.load_model(trained_checkpoint)
-    assert app.build({about: (model, about)}).delete_cache == app.DELETE_CACHE  # Gradio's cache
+        sketchpad.preview(x)
+    assert len(list((tmp_path / "previews").glob("*.png"))) == sketchpad.MAX_PREVIEWS
+    choice = app.load_model(trained_checkpoint)
+    assert app.build({choice.about: choice}).delete_cache == app.DELETE_CACHE  # Gradio's cache
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hdr.config import ROOT, check
-from tests.helpers import DATA_DIR, compose_cfg
+from hdr.config import ROOT, check, compose
+from tests.helpers import DATA_DIR
 
 BIN = Path(sys.executable).parent
 
@@ -68,7 +68,7 @@ OTHER = [c for c in COMMANDS if train_overrides(c) is None]
 
 @pytest.mark.parametrize("command", TRAIN)
 def test_readme_training_command_composes(command):
-    cfg = compose_cfg(train_overrides(command))  # as `--cfg job` would, without a process
+    cfg = compose(train_overrides(command), hydra=True)  # as `--cfg job` would, without a process
     check(cfg)
 
 

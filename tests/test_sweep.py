@@ -18,12 +18,15 @@ import httpx
 import pytest
 import torch
 
+from hdr.config import compose
+from hdr.loopback import free_port
 from hdr.module import DigitClassifier
 from hdr.records import read_best, record_best
 from hdr.sweep import write_leaderboard
-from tests.helpers import CONF, DATA_DIR, ROOT, compose_cfg, free_port
+from tests.helpers import CONF, DATA_DIR, ROOT
 
-STUDIES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
+# _student.yaml is what the student's studies share, not a study of its own
+STUDIES = sorted(p.stem for p in (CONF / "hparams_search").glob("[!_]*.yaml"))
 # A few steps per run; 1e30 makes Adam overflow to NaN on the second step.
 TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=8", "data.batch_size=512"]
 
@@ -36,7 +39,7 @@ def test_the_seed_studies_are_all_there():
 
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_composes_as_a_multirun(study):
-    cfg = compose_cfg([f"hparams_search={study}"])
+    cfg = compose([f"hparams_search={study}"], hydra=True)
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.task_name == f"sweep_{study}"
     assert cfg.hydra.sweeper.params, "a study must sweep something"
@@ -45,7 +48,7 @@ def test_study_composes_as_a_multirun(study):
 
 @pytest.mark.parametrize("launcher", ["joblib", "ray", "slurm"])
 def test_launchers_compose(launcher):
-    cfg = compose_cfg(["hparams_search=lr", f"hydra/launcher={launcher}"])
+    cfg = compose(["hparams_search=lr", f"hydra/launcher={launcher}"], hydra=True)
     assert launcher in cfg.hydra.launcher._target_.lower() or launcher == "slurm"
     if launcher == "slurm":
         assert "SlurmLauncher" in cfg.hydra.launcher._target_
@@ -53,7 +56,7 @@ def test_launchers_compose(launcher):
 
 def test_the_ray_launcher_hands_workers_the_launching_machines_folders(monkeypatch):
     monkeypatch.setenv("HDR_DATA_DIR", "/data/on/the/launcher")
-    cfg = compose_cfg(["hparams_search=lr", "hydra/launcher=ray"])
+    cfg = compose(["hparams_search=lr", "hydra/launcher=ray"], hydra=True)
     init = cfg.hydra.launcher.ray.init
     assert init.object_store_memory is None  # Ray refuses any value when joining a cluster
     assert init.runtime_env.env_vars.HDR_DATA_DIR == "/data/on/the/launcher"

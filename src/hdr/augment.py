@@ -1,18 +1,70 @@
-"""Data augmentation on whole batches with tensor ops: no per-image Python in the loop."""
+"""Data augmentation on whole batches with tensor ops: no per-image Python in the loop.
+
+`AugmentConfig` is `model.augment`: its settings, their defaults and allowed values."""
 
 import math
 from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from hdr.checks import ConfigError, require
+
+
+@dataclass
+class AugmentConfig:
+    """What `augment_batch` does to each training batch. The random affine's three settings
+    are given together; the rest are off unless a recipe sets them."""
+
+    rotate: float  # degrees, either way
+    scale: Sequence[float]  # [low, high]
+    shift: float  # pixels, either way
+    shear: float = 0.0  # slant: horizontal shear up to this (0.3: about 17 degrees)
+    thickness: float = 0.0  # strokes up to this far towards a 3x3 dilation / erosion
+    elastic_alpha: float = 0.0  # elastic distortion, pixels
+    elastic_sigma: float = 4.0  # its smoothness, pixels
+    low_res: float = 0.0  # share of images sent through a low-resolution round trip
+
+    def __post_init__(self) -> None:
+        require(0 <= self.shear <= 1, "model.augment.shear", self.shear, "in [0, 1], e.g. 0.3")
+        require(0 <= self.thickness <= 1, "model.augment.thickness", self.thickness, "in [0, 1]")
+        alpha, sigma = self.elastic_alpha, self.elastic_sigma
+        require(alpha >= 0, "model.augment.elastic_alpha", alpha, "pixels, >= 0 (0: off)")
+        require(sigma > 0, "model.augment.elastic_sigma", sigma, "pixels, > 0, e.g. 4")
+        require(0 <= self.low_res <= 1, "model.augment.low_res", self.low_res, "in [0, 1]")
+        require(self.rotate >= 0, "model.augment.rotate", self.rotate, "degrees, >= 0")
+        lo_hi = len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]
+        require(lo_hi, "model.augment.scale", self.scale, "give [low, high], 0 < low <= high")
+        require(self.shift >= 0, "model.augment.shift", self.shift, "pixels, >= 0")
+
+    @classmethod
+    def of(cls, value: Any) -> "AugmentConfig":
+        """`model.augment` as written in a config (a mapping), checked key by key.
+        (Untyped for Hydra: OmegaConf cannot merge a mapping into a typed node that is
+        null, so `model.augment={rotate: 10, ...}` would fail to compose.)"""
+        example = "e.g. {rotate: 10, scale: [0.9, 1.1], shift: 2}"
+        require(isinstance(value, dict), "model.augment", value, f"null, or a mapping, {example}")
+        known = [f.name for f in fields(cls)]
+        for key in value:
+            if key not in known:
+                raise ConfigError(
+                    f"model.augment.{key} is not a known key: it takes {', '.join(known)}."
+                )
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in value]
+        require(not missing, "model.augment", value, f"give {', '.join(missing)} too, {example}")
+        try:
+            return cls(**value)
+        except TypeError:  # a string where a number belongs
+            raise ConfigError(
+                f"model.augment={value!r} is not allowed: its values are numbers, scale a "
+                f"[low, high] pair, {example}."
+            ) from None
+
 
 def random_affine(
-    x: torch.Tensor,
-    rotate: float = 10.0,
-    scale: Sequence[float] = (0.9, 1.1),
-    shift: float = 2.0,
-    shear: float = 0.0,
+    x: torch.Tensor, rotate: float, scale: Sequence[float], shift: float, shear: float = 0.0
 ) -> torch.Tensor:
     """Each image of [N, C, H, W] rotated by up to +-rotate degrees, scaled within `scale`,
     slanted by a horizontal shear up to +-shear (0.3: about 17 degrees), shifted by up to
@@ -49,14 +101,13 @@ def affine_grid(
 
 def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """x resampled at grid; the background (0) fills what moves in. Bicubic, not bilinear:
-    bilinear at random sub-pixel offsets softens every stroke (56% of MNIST's ink stays
-    near full strength after bicubic, 43% after bilinear, 65% untouched), and the test
-    digits are crisp. Bicubic overshoots a little, hence the clamp."""
+    bilinear at random sub-pixel offsets softens every stroke, and the test digits are crisp
+    (docs/results.md). Bicubic overshoots a little, hence the clamp."""
     y = F.grid_sample(x, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
     return y.clamp(0, 1)
 
 
-def random_thickness(x: torch.Tensor, amount: float = 1.0) -> torch.Tensor:
+def random_thickness(x: torch.Tensor, amount: float) -> torch.Tensor:
     """Strokes made thicker or thinner, each image by its own random amount in
     [-amount, amount]: a blend towards the 3x3 dilation (max-pool) above 0, towards the
     erosion (min-pool) below it, half as far, since a whole erosion wipes out MNIST's
@@ -71,7 +122,7 @@ def random_thickness(x: torch.Tensor, amount: float = 1.0) -> torch.Tensor:
     return torch.where(t > 0, x + t * (thick - x), x + t / 2 * (thin + x))
 
 
-def elastic(x: torch.Tensor, alpha: float = 34.0, sigma: float = 4.0) -> torch.Tensor:
+def elastic(x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
     """Elastic distortion (Simard et al. 2003): every pixel moved by a random field,
     uniform in [-1, 1] per pixel, smoothed by a Gaussian of `sigma` px, scaled by `alpha` px."""
     return warp(x, affine_grid(x) + elastic_field(x, alpha, sigma))
@@ -80,7 +131,7 @@ def elastic(x: torch.Tensor, alpha: float = 34.0, sigma: float = 4.0) -> torch.T
 def elastic_field(x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
     """elastic's displacements, [N, H, W, 2] in grid_sample's coordinates: added to any
     sampling grid. The smoothing is two small matrix products (rows, then columns), not a
-    convolution: ~20x faster on a CPU for 28x28 fields."""
+    convolution, and much faster on a CPU for 28x28 fields."""
     n, _, h, w = x.shape
 
     def gaussian(size: int) -> torch.Tensor:  # [size, size]; each column sums to 1
@@ -97,9 +148,7 @@ def elastic_field(x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
     return field.permute(0, 2, 3, 1)
 
 
-def low_resolution(
-    x: torch.Tensor, share: float = 0.3, sizes: Sequence[int] = (8, 14)
-) -> torch.Tensor:
+def low_resolution(x: torch.Tensor, share: float, sizes: Sequence[int] = (8, 14)) -> torch.Tensor:
     """A random `share` of the images sent through a low-resolution round trip, as a small
     or blurry scan: shrunk to one random side in `sizes` (area average), then blown back
     up bilinearly, which also blurs."""
@@ -113,31 +162,19 @@ def low_resolution(
     return x
 
 
-def augment_batch(
-    x: torch.Tensor,
-    rotate: float = 0.0,
-    scale: Sequence[float] = (1.0, 1.0),
-    shift: float = 0.0,
-    shear: float = 0.0,
-    thickness: float = 0.0,
-    elastic_alpha: float = 0.0,
-    elastic_sigma: float = 4.0,
-    low_res: float = 0.0,
-) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     """Each augmentation that is switched on (a non-zero setting), on the whole batch:
     stroke thickness, then the elastic distortion and the random affine as ONE resampling
-    (the field added to the affine's grid), then low-resolution round trips. Two bilinear
-    resamplings in a row blur every digit twice: val accuracy sagged as the learning rate
-    annealed (docs/results.md). Recipes set them under model.augment; checkpoints from
-    before the newer ones rebuild with them off."""
-    if thickness:
-        x = random_thickness(x, thickness)
-    moved = rotate or shift or shear or tuple(scale) != (1.0, 1.0)
-    if moved or elastic_alpha:
-        grid = affine_grid(x, rotate, scale, shift, shear)
-        if elastic_alpha:
-            grid = grid + elastic_field(x, elastic_alpha, elastic_sigma)
+    (the field added to the affine's grid), then low-resolution round trips. Two resamplings
+    in a row blur every digit twice (docs/results.md)."""
+    if cfg.thickness:
+        x = random_thickness(x, cfg.thickness)
+    moved = cfg.rotate or cfg.shift or cfg.shear or tuple(cfg.scale) != (1.0, 1.0)
+    if moved or cfg.elastic_alpha:
+        grid = affine_grid(x, cfg.rotate, cfg.scale, cfg.shift, cfg.shear)
+        if cfg.elastic_alpha:
+            grid = grid + elastic_field(x, cfg.elastic_alpha, cfg.elastic_sigma)
         x = warp(x, grid)
-    if low_res:
-        x = low_resolution(x, low_res)
+    if cfg.low_res:
+        x = low_resolution(x, cfg.low_res)
     return x

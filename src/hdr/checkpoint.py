@@ -6,16 +6,17 @@ shapes are the ones that net has. The net is first built on the meta device, whi
 nothing, so a small file that describes a huge net is refused before it costs memory.
 """
 
-import inspect
 import io
 import re
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from hdr.config import ModelConfig
 from hdr.models import NETS, build_net
 from hdr.module import DigitClassifier
 from hdr.utils import write_atomic
@@ -95,7 +96,7 @@ def _check_contents(path: Path, ckpt: dict[str, Any]) -> None:
         isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in state.items()
     ):
         raise CheckpointError(f"{ours}: its state_dict is not a set of named tensors.")
-    known = set(inspect.signature(DigitClassifier.__init__).parameters) - {"self"}
+    known = {"net", "num_classes", *_DEFAULTS}
     unknown = sorted(set(map(str, hparams)) - known)
     if unknown:
         raise CheckpointError(f"{ours}: its hyper_parameters hold unknown keys {unknown}.")
@@ -127,7 +128,8 @@ def meta_net(net: Any, path: str | Path) -> dict[str, torch.Tensor]:
             return build_net(**net).state_dict()
     except Exception as e:  # a keyword the net does not take, a value of the wrong kind
         raise CheckpointError(
-            f"{path} describes a net hdr cannot build ({net}): {type(e).__name__}: {e}."
+            f"{path} describes a net hdr cannot build ({net}): {type(e).__name__}: "
+            f"{str(e).rstrip('.')}."
         ) from None
 
 
@@ -190,9 +192,7 @@ def epochs_trained(ckpt: dict[str, Any]) -> int:
         return int(ckpt.get("epoch", -1)) + 1
 
 
-_DEFAULTS = {
-    k: p.default for k, p in inspect.signature(DigitClassifier.__init__).parameters.items()
-}
+_DEFAULTS = asdict(ModelConfig())  # what a checkpoint from before a setting existed had
 
 
 def _same(a: Any, b: Any) -> bool:

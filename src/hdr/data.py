@@ -1,22 +1,18 @@
 """MNIST as a LightningDataModule: real files through torchvision, held in memory as tensors."""
 
 import logging
-from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from torchvision.datasets import MNIST
 
-from hdr.download import (
-    MIRRORS,
-    RAW_SHA256,
-    check_data_dir,
-    download,
-    raw_dir,
-    verify_raw_files,
-)
+from hdr.checks import ConfigError
+from hdr.config import DataConfig
+from hdr.download import RAW_SHA256, check_data_dir, download, raw_dir, verify_raw_files
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +75,12 @@ _LOADED: dict[tuple[str, int, int], dict[str, TensorImages]] = {}
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST: 55k train / 5k validation (seeded split of the official train set) / 10k test."""
+    """MNIST: 55k train / 5k validation (seeded split of the official train set) / 10k test.
+    Its settings, their defaults and checks: hdr.config.DataConfig."""
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        batch_size: int = 2900,
-        eval_batch_size: int = 1000,
-        val_size: int = 5000,
-        split_seed: int = 42,
-        download: bool = True,
-        mirrors: Sequence[str] = MIRRORS,
-        timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, data_dir: str, **settings: Any) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(asdict(DataConfig(data_dir, **settings)))
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.splits: dict[str, TensorImages] = {}
 
@@ -136,11 +123,24 @@ class MNISTDataModule(L.LightningDataModule):
         batches = TensorBatchSampler(sampler, batch_size, drop_last=False)
         return DataLoader(data, batch_sampler=batches, collate_fn=_as_batch)
 
+    def _share(self, batch_size: int, key: str, split_evenly: bool) -> int:
+        """The configured batch is the global one: under DDP each process takes its share."""
+        processes = self.trainer.world_size if self.trainer else 1
+        if split_evenly and batch_size % processes:
+            raise ConfigError(
+                f"data.{key}={batch_size} is not allowed: it is the global batch, split "
+                f"between {processes} processes; give a multiple of {processes}."
+            )
+        return max(1, -(-batch_size // processes))
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
+        batch = self._share(self.hparams.batch_size, "batch_size", split_evenly=True)
+        return self._loader("train", batch, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
+        batch = self._share(self.hparams.eval_batch_size, "eval_batch_size", split_evenly=False)
+        return self._loader("val", batch, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
+        batch = self._share(self.hparams.eval_batch_size, "eval_batch_size", split_evenly=False)
+        return self._loader("test", batch, shuffle=False)

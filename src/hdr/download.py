@@ -9,10 +9,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from torchvision.datasets import MNIST
 from tqdm import tqdm
-
-MIRRORS = tuple(MNIST.mirrors)  # torchvision's; each holds <name>.gz for the four names below
 
 # SHA-256 of the four decompressed IDX files as published (torchvision checks only the .gz md5s).
 RAW_SHA256 = {
@@ -39,6 +36,11 @@ class DataError(RuntimeError):
 
 def raw_dir(root: str | Path) -> Path:
     return Path(root).expanduser().resolve() / "MNIST" / "raw"
+
+
+def has_mnist(root: str | Path) -> bool:
+    """Whether `root` holds MNIST's four raw files (checked for damage only when read)."""
+    return all((raw_dir(root) / name).is_file() for name in RAW_SHA256)
 
 
 def check_data_dir(root: str | Path) -> None:
@@ -81,13 +83,18 @@ def verify_raw_files(root: str | Path) -> None:
             )
 
 
-def download(root: str | Path, mirrors: Sequence[str] = MIRRORS, timeout: float = 30.0) -> None:
+def download(root: str | Path, mirrors: Sequence[str] | None, timeout: float) -> None:
     """Fetch each missing raw file, trying the mirrors in turn.
 
     A file is written under a temporary name and renamed only once its SHA-256 matches, so an
     interrupted, truncated or wrong download leaves nothing behind. `timeout` is how long a
-    mirror may stay silent (connecting or mid-file) before the next one is tried.
+    mirror may stay silent (connecting or mid-file) before the next one is tried. `mirrors`
+    None: torchvision's list.
     """
+    if mirrors is None:
+        from torchvision.datasets import MNIST
+
+        mirrors = MNIST.mirrors
     check_data_dir(root)
     folder = raw_dir(root)
     try:

@@ -152,3 +152,22 @@ def accuracy(
             total += len(y)
     everything = sum(hits[s] * len(drawings[s][1]) for s in hits) / total
     return {**hits, "all": everything}
+
+
+def redraw(digit: torch.Tensor, canvas: int, size: float, where: str, thick: bool) -> np.ndarray:
+    """An MNIST digit as a person might draw it: black strokes on a transparent RGBA canvas.
+
+    size: the height of the digit's 28x28 frame as a share of the canvas; where: "centre"
+    or "corner"; thick: a brush about a third wider than MNIST's pen.
+    """
+    strokes = (digit[0] > 0.4).float()[None, None]  # the pen's path, without MNIST's grey
+    big = F.interpolate(strokes, scale_factor=12, mode="nearest")  # 336 x 336
+    if thick:
+        big = F.max_pool2d(big, kernel_size=9, stride=1, padding=4)
+    side = round(canvas * size)  # the brush scales with the drawing, as on a real canvas
+    big = F.interpolate(big, size=(side, side), mode="area" if side < 336 else "bilinear")
+    big = big[0, 0].clamp(0, 1).numpy()
+    rgba = np.zeros((canvas, canvas, 4), np.uint8)
+    top = canvas // 20 if where == "corner" else (canvas - side) // 2
+    rgba[top : top + side, top : top + side, 3] = (255 * big).astype(np.uint8)
+    return rgba

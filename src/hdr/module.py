@@ -4,6 +4,7 @@ The quality report (confusion matrices, calibration, mistakes) is a callback of 
 hdr.report.QualityReport, fed by the logits the evaluation steps return.
 """
 
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -12,42 +13,31 @@ import torch.nn.functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from hdr.augment import augment_batch
+from hdr.augment import AugmentConfig, augment_batch
+from hdr.config import ModelConfig
 from hdr.data import MNIST_MEAN, MNIST_STD
-from hdr.models import build_net
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-SCHEDULERS = ("none", "onecycle", "cosine")  # stepped every batch; lr is the peak
+from hdr.models import build_net, describe
+from hdr.optim import build_optimizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class DigitClassifier(L.LightningModule):
     """Classifies 28x28 digits; built from primitives only, so a checkpoint rebuilds it alone.
-    The values allowed for each argument are checked in one place, hdr.config."""
+    Its settings, their defaults and checks: hdr.config.ModelConfig and the net's config
+    (hdr.models); a checkpoint from before a setting existed takes its default."""
 
-    def __init__(
-        self,
-        net: dict[str, Any],
-        optimizer: str = "adam",
-        lr: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        scheduler: str = "none",
-        label_smoothing: float = 0.0,
-        augment: dict[str, Any] | None = None,
-        standardize: bool = True,
-        channels_last: bool = False,
-        num_classes: int = 10,
-    ) -> None:
+    def __init__(self, net: dict[str, Any], num_classes: int = 10, **settings: Any) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        net, settings = describe(net), asdict(ModelConfig(**settings))
+        self.save_hyperparameters({"net": net, **settings, "num_classes": num_classes})
         self.net = build_net(**net, num_classes=num_classes)
-        if channels_last:  # convolutions on CPU run ~1.6x faster in NHWC (docs/performance.md)
+        self.augment = AugmentConfig.of(settings["augment"]) if settings["augment"] else None
+        if self.hparams.channels_last:  # convolutions on CPU run faster in NHWC
             self.net.to(memory_format=torch.channels_last)
         # Training loss and accuracy as running sums in one tensor (loss x n, correct, n):
-        # three tensor ops a step, where two torchmetrics updates cost ~0.4 ms (a 2% of a
-        # fast_cnn step; docs/performance.md). Not saved in checkpoints: an epoch's figure.
+        # three tensor ops a step, cheaper than two torchmetrics updates (docs/performance.md).
+        # Not saved in checkpoints: an epoch's figure.
         self.register_buffer("train_sums", torch.zeros(3), persistent=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -65,8 +55,8 @@ class DigitClassifier(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.hparams.augment:
-            x = augment_batch(x, **self.hparams.augment)
+        if self.augment:
+            x = augment_batch(x, self.augment)
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         if not torch.isfinite(loss):  # training on would only make a misleading checkpoint
@@ -74,7 +64,7 @@ class DigitClassifier(L.LightningModule):
                 f"Training diverged: loss is {loss.item()} at epoch {self.current_epoch}, "
                 f"step {self.global_step} (lr={self.hparams.lr}). Lower model.lr."
             )
-        # Accumulated here, logged once an epoch: self.log every step costs ~1 ms. The
+        # Accumulated here, logged once an epoch: self.log every step costs time. The
         # logged loss is plain cross-entropy, as val/loss is, whatever the smoothing.
         with torch.no_grad():
             plain = loss if not self.hparams.label_smoothing else F.cross_entropy(logits, y)
@@ -130,20 +120,3 @@ class DigitClassifier(L.LightningModule):
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def build_optimizer(
-    params: Any, hp: Any, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The optimizer and its per-step schedule from a DigitClassifier's hparams; also what
-    benchmarks/train_vs_torch.py's plain loop steps with."""
-    kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
-    if hp.optimizer != "sgd":
-        # fused: one kernel updates every tensor; one-cycle cycles betas[0] (0.85-0.95)
-        kwargs |= {"betas": tuple(hp.betas), "fused": True}
-    opt = OPTIMIZERS[hp.optimizer](params, **kwargs)
-    if hp.scheduler == "onecycle":
-        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total_steps)
-    if hp.scheduler == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    return opt, None

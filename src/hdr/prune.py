@@ -18,7 +18,6 @@ from hydra.types import RunMode
 
 log = logging.getLogger(__name__)
 
-PRUNERS = ("none", "median", "halving")
 STUDY = "pruning"
 TRIES = 5  # a busy study is tried this often, with a growing pause, before pruning is off
 

@@ -10,12 +10,16 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
 
 from hdr.utils import write_atomic
 
@@ -24,6 +28,41 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"  # every run writes one into its own folder
 CLAIM_FILE = ".claim"  # held (flock) by the process that trains in the folder
 FINISHED = ("ok", "pruned")  # a sweep that comes back to such a run skips it
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's folder and what it holds, spelled here only: the YAML reads the parts by name
+    through the `hdr.run` resolver, e.g. ${hdr.run:${paths.output_dir},checkpoints}."""
+
+    path: Path
+    last_stem: str = "last"  # checkpoints/last.ckpt: rewritten every epoch, the resume point
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / f"{self.last_stem}.ckpt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def result(self) -> Path:
+        return self.path / RESULT_FILE
+
+    @property
+    def hydra_overrides(self) -> Path:
+        """Hydra's record of the run's command-line overrides (its .hydra/ folder)."""
+        return self.path / ".hydra" / "overrides.yaml"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> "RunDir":
+        """The run that wrote `checkpoint` (checkpoints/<name>.ckpt inside it)."""
+        return cls(Path(checkpoint).parent.parent)
 
 
 class RecordError(ValueError):
@@ -61,6 +100,54 @@ def claim(run_dir: str | Path, wait: bool = False) -> Iterator[str | None]:
         os.close(fd)
 
 
+def task_overrides() -> list[str]:
+    """This run's command-line overrides: what makes it this run and not another."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def rank_zero() -> bool:
+    """False in the other processes of a DDP run, which re-run this command into rank 0's
+    folder: they neither claim it nor clear it."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def resume_point(out: Path, sweeping: bool) -> tuple[str, Any]:
+    """What to do in this run's folder: ("start", None), ("resume", last.ckpt) or, in a
+    sweep that comes back to a finished (or pruned) run, ("skip", its result). A run that
+    failed, was killed or whose record is damaged resumes from its last.ckpt if it has one."""
+    from hdr.checkpoint import CheckpointError, read_checkpoint
+
+    run_dir = RunDir(out)
+    result = read_result(out)
+    overrides = result.get("overrides") if result else None
+    exclude = list(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
+    if isinstance(overrides, list) and not same_run(overrides, task_overrides(), exclude):
+        raise RecordError(
+            f"{out} holds another run ({' '.join(map(str, overrides))}): give this one a "
+            "new folder (hydra.run.dir / hydra.sweep.dir)."
+        )
+    if result is not None and result.get("status") in FINISHED:
+        if sweeping:
+            return "skip", result
+        raise RecordError(
+            f"{out} already holds a run that ended ({result.get('status')}): leave "
+            f"hydra.run.dir out for a new folder, or resume from {run_dir.last} with "
+            "ckpt_path=..."
+        )
+    if result is not None and result.get("damaged"):
+        log.warning("%s: %s. Resuming the run instead.", out, result["error"])
+    if run_dir.last.exists():  # killed or failed part-way: go on from its last epoch
+        try:
+            read_checkpoint(run_dir.last)
+            return "resume", run_dir.last
+        except CheckpointError as e:
+            log.warning("%s Starting this run again.", e)
+    for part in (run_dir.checkpoints, run_dir.tensorboard):  # what an attempt left would mix in
+        if rank_zero():
+            shutil.rmtree(part, ignore_errors=True)
+    return "start", None
+
+
 def write_result(run_dir: str | Path, **fields: Any) -> None:
     """Record how a run ended: status, accuracies, checkpoint, and where it ran."""
     fields.setdefault("host", os.uname().nodename)
@@ -68,12 +155,12 @@ def write_result(run_dir: str | Path, **fields: Any) -> None:
     ray = sys.modules.get("ray")  # a Ray worker: which node of the cluster ran this
     if ray is not None and ray.is_initialized():
         fields.setdefault("ray_node", ray.get_runtime_context().get_node_id())
-    write_atomic(Path(run_dir) / RESULT_FILE, json.dumps(fields, indent=2, default=str))
+    write_atomic(RunDir(Path(run_dir)).result, json.dumps(fields, indent=2, default=str))
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     """A run's result, None if it has none (killed, or still running)."""
-    path = Path(run_dir) / RESULT_FILE
+    path = RunDir(Path(run_dir)).result
     if not path.is_file():
         return None
     try:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, read_write
 
 from hdr.plots import read_scalars, save_png, study_image
 from hdr.prune import create_study, study_url
-from hdr.records import distrust, read_result, record_best
+from hdr.records import RunDir, distrust, read_result, record_best
 from hdr.utils import write_atomic
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ PERCENT = {"val_acc", "test_acc"}  # shown as percentages in leaderboard.md
 def _overrides(run_dir: Path) -> list[str] | None:
     """A run folder's overrides; None for a folder that is not a run's (no list of them)."""
     try:
-        overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        overrides = yaml.safe_load(RunDir(run_dir).hydra_overrides.read_text()) or []
     except (OSError, yaml.YAMLError):
         return None
     ok = isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)
@@ -137,7 +137,7 @@ def write_study_plot(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path 
     curves = {}
     for row in sorted(rows, key=lambda r: r["run"]):
         value = dict(o.partition("=")[::2] for o in row["overrides"].split()).get(key, "?")
-        scalars = read_scalars(Path(row["dir"]) / "tensorboard")
+        scalars = read_scalars(RunDir(Path(row["dir"])).tensorboard)
         curves[value] = [v for _, v in scalars.get("val/acc", [])]
     image = study_image(curves, key)
     path = Path(sweep_dir) / "val_acc.png"
@@ -242,14 +242,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) != 2:
         sys.exit("usage: python -m hdr.sweep SWEEP_DIR   (e.g. outputs/sweep_lr/multiruns/<date>)")
-    from hydra import compose, initialize_config_dir
+    from hdr.config import compose
 
-    from hdr.config import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        record = compose("train").paths.best_record
     try:
-        summarize(sys.argv[1], record)
+        summarize(sys.argv[1], compose().paths.best_record)
     except FileNotFoundError as e:
         sys.exit(str(e))
     print((Path(sys.argv[1]) / "leaderboard.md").read_text())

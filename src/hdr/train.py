@@ -1,47 +1,56 @@
-"""Entry point: `python -m hdr.train [overrides]` builds everything from `conf/` and trains."""
+"""Entry point: `python -m hdr.train [overrides]` builds everything from `conf/` and trains.
+
+Lightning and the rest load when a run starts, so `--help` and `--cfg job` answer at once.
+"""
 
 import errno
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hdr.checkpoint import CheckpointError, check_resumable, load_model, read_checkpoint
-from hdr.config import CONF_DIR, ConfigError, check
-from hdr.download import DataError
-from hdr.prune import Pruning
+from hdr.config import CONF_DIR, ConfigError, check, register_schemas
 from hdr.records import (
-    FINISHED,
     RecordError,
+    RunDir,
     claim,
-    read_result,
+    rank_zero,
     record_best,
-    same_run,
+    resume_point,
+    task_overrides,
     write_result,
 )
-from hdr.utils import instantiate_group, quiet_lightning, tensorboard_logger
 
 log = logging.getLogger(__name__)
 
+# The headline figures: the metric, its key in result.json and best.json, and its words.
+HEADLINE = (
+    ("val/acc_best", "val_acc", "Best validation accuracy"),
+    ("test/acc", "test_acc", "Test accuracy"),
+    ("test/drawings_acc", "drawings_acc", "Drawings read right (hdr.drawings)"),
+)
+
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit on train/val, test the best checkpoint, write the run's record; return metrics and
-    objects."""
+    """Build, fit on train/val, test the best checkpoint; `finish` records the run. Returns
+    the metrics and the objects built."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from hdr.checkpoint import CheckpointError, check_resumable, load_model
+    from hdr.prune import Pruning
+    from hdr.utils import instantiate_group
+
     check(cfg)  # bad values stop here, named, before any data is read
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -93,45 +102,49 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.test(model, datamodule=datamodule, ckpt_path=tested or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
+    result = finish(cfg, trainer, metrics, best, pruned_at, time.perf_counter() - start)
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+    return metrics, {"result": result, **objects}
+
+
+def finish(
+    cfg: DictConfig, trainer: Any, metrics: dict[str, float], best: str, pruned_at: Any,
+    seconds: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The run's record, written by rank 0: result.json, the HPARAMS entry beside its
+    curves, and the headline figures in the log. Returns the record."""
+    from hdr.utils import tensorboard_logger
+
     result = {
         "status": "ok" if pruned_at is None else "pruned",
         "pruned_at": pruned_at,
-        "val_acc": metrics.get("val/acc_best"),
-        "test_acc": metrics.get("test/acc"),
-        "drawings_acc": metrics.get("test/drawings_acc"),
+        **{key: metrics.get(metric) for metric, key, _ in HEADLINE},
         "epochs": trainer.current_epoch,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
         "checkpoint": str(Path(best).resolve()) if best else "",
     }
-    if trainer.is_global_zero:
-        board = tensorboard_logger(trainer)
-        if board is not None:  # the HPARAMS tab: this run's settings beside its results
-            hp = {f"hp/{k.replace('/', '_')}": metrics[k] for k in HP_METRICS if k in metrics}
-            board.log_hyperparams(hparams_of(cfg), metrics=hp)
-            board.experiment.flush()
-        for key, name in (
-            ("test/acc", "Test accuracy"),
-            ("val/acc_best", "Best validation accuracy"),
-            ("test/drawings_acc", "Drawings read right (hdr.drawings)"),
-        ):
-            if key in metrics:
-                log.info("%s: %.2f%%", name, 100 * metrics[key])
-        log.info("Outputs (checkpoints, plots, logs): %s", cfg.paths.output_dir)
-        log.info("TensorBoard: tensorboard --logdir %s", cfg.paths.output_dir)
-        write_result(cfg.paths.output_dir, **result, overrides=task_overrides())
-    return metrics, {
-        "result": result,
-        "cfg": cfg,
-        "datamodule": datamodule,
-        "model": model,
-        "trainer": trainer,
-    }
+    if not trainer.is_global_zero:
+        return result
+    board = tensorboard_logger(trainer)
+    if board is not None:  # the HPARAMS tab: this run's settings beside its results
+        hp = {f"hp/{m.replace('/', '_')}": metrics[m] for m, _, _ in HEADLINE if m in metrics}
+        board.log_hyperparams(hparams_of(cfg), metrics=hp)
+        board.experiment.flush()
+    for metric, _, words in HEADLINE:
+        if metric in metrics:
+            log.info("%s: %.2f%%", words, 100 * metrics[metric])
+    log.info("Outputs (checkpoints, plots, logs): %s", cfg.paths.output_dir)
+    log.info("TensorBoard: tensorboard --logdir %s", cfg.paths.output_dir)
+    write_result(cfg.paths.output_dir, **result, overrides=task_overrides())
+    return result
 
 
 def set_threads(setting: int | str | None) -> None:
     """Torch threads per run. "auto": the CPUs the scheduler gave this task (SLURM's
     SLURM_CPUS_PER_TASK, a Ray task's CPUs), else the cores split between parallel joblib
     jobs, else torch's default."""
+    import torch
+
     if setting is None or setting == "auto":
         setting = _granted_cpus()
         if setting is None:
@@ -156,9 +169,6 @@ def _granted_cpus() -> int | None:
     return max(1, cores // (cores if n_jobs < 0 else n_jobs))  # joblib: -1 = every core
 
 
-HP_METRICS = ("val/acc_best", "test/acc", "test/drawings_acc")  # the HPARAMS tab's metrics
-
-
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     """What the HPARAMS tab compares runs by: what changes the model it trains (the model's
     settings, the batch size, epochs, precision, seed), not where files are."""
@@ -172,55 +182,13 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.create(keep), resolve=True)
 
 
-# Errors in what the user gave, reported in one line without a stack trace; a diverged run
-# (FloatingPointError) says to lower model.lr.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RecordError, FloatingPointError)
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors in what the user gave, reported in one line without a stack trace; a diverged
+    run (FloatingPointError) says to lower model.lr. (Imported once a run starts.)"""
+    from hdr.checkpoint import CheckpointError
+    from hdr.download import DataError
 
-
-def task_overrides() -> list[str]:
-    """This run's command-line overrides: what makes it this run and not another."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def rank_zero() -> bool:
-    """False in the other processes of a DDP run, which re-run this command into rank 0's
-    folder: they neither claim it nor clear it."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-
-
-def resume_point(out: Path, sweeping: bool) -> tuple[str, Any]:
-    """What to do in this run's folder: ("start", None), ("resume", last.ckpt) or, in a
-    sweep that comes back to a finished (or pruned) run, ("skip", its result). A run that
-    failed, was killed or whose record is damaged resumes from its last.ckpt if it has one."""
-    result = read_result(out)
-    overrides = result.get("overrides") if result else None
-    exclude = list(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
-    if isinstance(overrides, list) and not same_run(overrides, task_overrides(), exclude):
-        raise RecordError(
-            f"{out} holds another run ({' '.join(map(str, overrides))}): give this one a "
-            "new folder (hydra.run.dir / hydra.sweep.dir)."
-        )
-    if result is not None and result.get("status") in FINISHED:
-        if sweeping:
-            return "skip", result
-        raise RecordError(
-            f"{out} already holds a run that ended ({result.get('status')}): leave "
-            "hydra.run.dir out for a new folder, or resume from its checkpoints/last.ckpt "
-            "with ckpt_path=..."
-        )
-    if result is not None and result.get("damaged"):
-        log.warning("%s: %s. Resuming the run instead.", out, result["error"])
-    last = out / "checkpoints" / "last.ckpt"
-    if last.exists():  # killed or failed part-way: go on from its last epoch
-        try:
-            read_checkpoint(last)
-            return "resume", last
-        except CheckpointError as e:
-            log.warning("%s Starting this run again.", e)
-    for part in ("checkpoints", "tensorboard"):  # what an attempt left would mix with this one
-        if rank_zero():
-            shutil.rmtree(out / part, ignore_errors=True)
-    return "start", None
+    return ConfigError, DataError, CheckpointError, RecordError, FloatingPointError
 
 
 def disk_full(e: BaseException) -> str | None:
@@ -236,6 +204,8 @@ def disk_full(e: BaseException) -> str | None:
 
 def run(cfg: DictConfig) -> float | None:
     """One run of a sweep or on its own: claim its folder, resume or skip it, train, record."""
+    from hdr.utils import quiet_lightning
+
     quiet_lightning()
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
@@ -249,6 +219,8 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         action, detail = resume_point(out, sweeping)
     except RecordError as e:  # another run's folder: record nothing in it
@@ -271,19 +243,18 @@ def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
         if isinstance(e, SIGTERMException):  # SLURM's scancel, time limit or preemption
             reason = (
                 "stopped by SIGTERM (cancelled, timed out or preempted) with its "
-                "checkpoints/last.ckpt saved: the same sweep command resumes it"
+                f"{RunDir(out).last.relative_to(out)} saved: the same sweep command resumes it"
             )
         try:
             write_result(out, status="failed", error=reason, overrides=task_overrides())
         except OSError as write_error:
             log.warning("Could not record the failure in %s (%s).", out, write_error)
         if not sweeping:
-            if isinstance(e, USER_ERRORS) or disk_full(e):  # the message says what to fix
+            if isinstance(e, user_errors()) or disk_full(e):  # the message says what to fix
                 raise UserError(disk_full(e) or str(e)) from None
             if isinstance(e, SIGTERMException):
                 raise UserError(
-                    "The run was stopped by SIGTERM: resume it with "
-                    f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"
+                    f"The run was stopped by SIGTERM: resume it with ckpt_path={RunDir(out).last}"
                 ) from None
             raise
         # In a sweep one failed run must not stop or hide the others: record it, go on.
@@ -305,7 +276,7 @@ class UserError(Exception):
 def hydra_main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)
-    except (UserError, *USER_ERRORS) as e:  # exit here: Hydra would print its own line first
+    except (UserError, *user_errors()) as e:  # exit here: Hydra would print its own line first
         sys.exit(f"Error: {e}")
 
 
@@ -315,6 +286,7 @@ def main() -> None:
     bug in hdr shows a stack trace."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing half a trace
     logging.raiseExceptions = False  # a log line lost to a full disk is no stack trace
+    register_schemas()
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:

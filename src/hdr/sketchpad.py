@@ -1,0 +1,116 @@
+"""Gradio's Sketchpad, bounded: what one request may make it decode and keep, our own
+decoder for its images, and the 28x28 previews the page shows."""
+
+import hashlib
+import io
+import sys
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+from gradio.data_classes import FileData
+from PIL import Image
+
+from hdr.preprocess import read_picture
+from hdr.utils import write_atomic
+
+# Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
+# brush for the user, on load and after Clear, so drawing works at once.
+PICK_BRUSH = (
+    "() => setTimeout(() => document.querySelector('button[aria-label=Brush]')?.click(), 300)"
+)
+MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
+MAX_LAYERS = 8  # a drawing's layers decoded at most; the page sends one, or a composite
+MAX_SKETCHES = 64  # drawings held half-sent (Gradio's blob storage), the oldest dropped first
+PREVIEWS = Path(tempfile.gettempdir()) / "hdr-app-previews"
+MAX_PREVIEWS = 256  # 28x28 previews kept on disk, the oldest deleted first
+# Gradio's own cache of uploads and outputs: every 10 minutes, files older than an hour go.
+DELETE_CACHE = (600, 3600)
+
+
+def decode(file: FileData | bytes | None, flatten_on_white: bool = False) -> np.ndarray | None:
+    """A Sketchpad image (its composite or a layer), decoded by our `read_picture` rather
+    than Gradio's: a huge one is refused from its header before a pixel is decoded, and
+    16-bit, float or palette images read as /picture reads them."""
+    if file is None:
+        return None
+    try:
+        if isinstance(file, FileData):
+            return read_picture(file.path, name=file.orig_name or "the drawing")
+        return read_picture(bytes(file))
+    except ValueError as e:  # the message is the answer: no stack trace on the console
+        print(f"Refused a drawing: {e}", file=sys.stderr)
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def guard(pad: gr.Sketchpad) -> None:
+    """Bound what one request can make the Sketchpad decode. Gradio decodes the background,
+    every layer and the composite of a drawing, and keeps half-sent drawings by any id and
+    layer index a client names: 30 layers of one 4096x4096 upload took 6 GB. Here only the
+    composite is decoded when there is one (the model reads nothing else), at most
+    MAX_LAYERS layers otherwise, and at most MAX_SKETCHES half-sent drawings are held."""
+    preprocess, accept_blobs = pad.preprocess, pad.accept_blobs
+    pad.blob_storage = OrderedDict()
+
+    def bounded_preprocess(payload):
+        if payload is None:
+            return None
+        value = pad.blob_storage.pop(payload.id, None) if payload.id is not None else payload
+        if value is None:
+            return None
+        layers = [] if value.composite is not None else [x for x in value.layers if x]
+        if len(layers) > MAX_LAYERS:
+            raise gr.Error(
+                f"The drawing has {len(layers)} layers: send at most {MAX_LAYERS}, or its "
+                "composite.",
+                print_exception=False,
+            )
+        value = type(value)(background=None, layers=layers, composite=value.composite)
+        if payload.id is not None:  # as Gradio would have found it in its blob storage
+            pad.blob_storage[payload.id] = value
+        return preprocess(payload if payload.id is not None else value)
+
+    def bounded_accept_blobs(data):
+        index = data.data.get("index")
+        if index not in (None, "null") and not (str(index).isdigit() and int(index) < MAX_LAYERS):
+            raise gr.Error(f"A drawing has at most {MAX_LAYERS} layers.", print_exception=False)
+        accept_blobs(data)
+        pad.blob_storage.move_to_end(data.data["id"])
+        while len(pad.blob_storage) > MAX_SKETCHES:
+            pad.blob_storage.popitem(last=False)
+
+    bounded_accept_blobs._is_server_fn = True  # what Gradio's /component_server calls
+    pad.preprocess, pad.accept_blobs = bounded_preprocess, bounded_accept_blobs
+
+
+def preview(x: torch.Tensor) -> str:
+    """The 28x28 input blown up 6x as a PNG file, written once per content and atomically:
+    Gradio rewrites its own cached copy of an array in place, and a client fetching it
+    meanwhile got a short read."""
+    big = np.kron(255 * x[0, 0].numpy(), np.ones((6, 6))).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(big).save(buffer, format="png")
+    png = buffer.getvalue()
+    path = PREVIEWS / f"{hashlib.sha256(png).hexdigest()[:32]}.png"
+    if not path.exists():
+        write_atomic(path, png)
+        prune_previews()
+    return str(path)
+
+
+def prune_previews() -> None:
+    """Keep the newest MAX_PREVIEWS previews: a page fetches its own within a second, and
+    Gradio copies it into its cache, which delete_cache empties."""
+    files = sorted(PREVIEWS.glob("*.png"), key=_mtime)
+    for old in files[: max(0, len(files) - MAX_PREVIEWS)]:
+        old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # deleted meanwhile by another request
+        return 0.0
