@@ -1,5 +1,6 @@
 """Every option of every config group composes with the root config and builds its objects."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from hydra.utils import instantiate
 from hdr.config import ConfigError, check, compose
 from hdr.train import train
 from hdr.utils import instantiate_group
-from tests.helpers import CONF
+from tests.helpers import CONF, run_cli
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
@@ -133,3 +134,27 @@ def test_cli_reports_a_bad_value_in_one_line_without_a_trace(tmp_path):
     assert run.returncode == 1
     assert "Error: model.lr=-1.0 is not allowed" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_every_experiment_runs_a_batch_of_each_stage_in_one_multirun(tmp_path):
+    experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"experiment={','.join(experiments)}", "debug=fdr", f"hydra.sweep.dir={sweep}"]
+    run = run_cli(args, tmp_path, timeout=900)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    results = {r["overrides"][0]: r for r in map(json.loads, map(Path.read_text,
+               sweep.glob("*/result.json")))}  # fmt: skip
+    assert set(results) == {f"experiment={e}" for e in experiments}
+    assert all(r["status"] == "ok" and r["test_acc"] is not None for r in results.values())
+
+
+@pytest.mark.slow
+def test_the_config_and_cfg_job_load_no_lightning():
+    # Composing or printing a config must not pay for Lightning (seconds on a laptop).
+    code = "import sys, hdr.config; print(sorted(m for m in sys.modules if 'lightning' in m))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "hdr.train", "--cfg", "job"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert "max_epochs" in run.stdout and "lightning" not in run.stderr

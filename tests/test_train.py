@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -165,11 +166,22 @@ def test_fast_dev_run_goes_through_every_stage(make_cfg):
     assert {"train/acc", "val/acc", "test/acc"} <= metrics.keys()
 
 
+class BatchProbe(L.Callback):
+    """Appends each training batch's size to batches-rank<R>.txt in the run folder."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        path = Path(trainer.default_root_dir) / f"batches-rank{trainer.global_rank}.txt"
+        with path.open("a") as f:
+            f.write(f"{len(batch[1])}\n")
+
+
 @pytest.mark.slow
-def test_ddp_sim_trains_with_two_cpu_processes(tmp_path):
+def test_ddp_sim_trains_with_two_cpu_processes_each_taking_half_the_batch(tmp_path):
+    probe = "+callbacks.probe._target_=tests.test_train.BatchProbe"
     args = [
         "trainer=ddp_sim", "+trainer.max_steps=4", "+trainer.limit_val_batches=1",
         "+trainer.limit_test_batches=1", "data.batch_size=64", f"hydra.run.dir={tmp_path / 'run'}",
+        probe,
     ]  # fmt: skip
     run = run_cli(args, tmp_path, timeout=300)
     log = run.stdout + run.stderr
@@ -177,6 +189,16 @@ def test_ddp_sim_trains_with_two_cpu_processes(tmp_path):
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert "Test accuracy" in log
+    for rank in (0, 1):  # data.batch_size is the global batch: 32 images a process a step
+        sizes = (tmp_path / "run" / f"batches-rank{rank}.txt").read_text().split()
+        assert sizes == ["32"] * 4
+    odd = run_cli(
+        [*args[:-2], "data.batch_size=63", f"hydra.run.dir={tmp_path / 'odd'}"], tmp_path
+    )
+    assert odd.returncode == 1 and "Traceback" not in odd.stderr
+    assert (
+        "data.batch_size=63 is not allowed: it is the global batch, split between 2" in odd.stderr
+    )
 
 
 @pytest.mark.slow
