@@ -112,8 +112,9 @@ def build(choices: dict[str, Choice]) -> gr.Blocks:
             pad.convert_and_format_image = decode
             guard(pad)
             with gr.Column():
-                picker = gr.Dropdown(list(choices), value=default, label="model",
-                                    visible=len(choices) > 1)  # fmt: skip
+                picker = gr.Dropdown(
+                    list(choices), value=default, label="model", visible=len(choices) > 1
+                )
                 label = gr.Label(num_top_classes=3, label="prediction")
                 seen = gr.Image(label="what the model sees (28x28)", height=168, format="png")
                 upload = gr.File(label="or upload a picture", file_types=["image"], height=120)

@@ -103,8 +103,10 @@ finally:
 ms = sorted(1000 * t for t in latencies)
 q = statistics.quantiles(ms, n=100)
 print(f"machine: {cpu_description()}")
-print(f"{args.clients} clients x {args.requests} requests = {len(ms)} in {wall:.1f} s "
-      f"({len(ms) / wall:.1f} requests/s)")  # fmt: skip
+print(
+    f"{args.clients} clients x {args.requests} requests = {len(ms)} in {wall:.1f} s "
+    f"({len(ms) / wall:.1f} requests/s)"
+)
 print(f"latency p50 {q[49]:.0f} ms, p95 {q[94]:.0f} ms, max {ms[-1]:.0f} ms")
 print(f"errors: {len(errors)}   wrong readings: {wrong} of {len(ms)}")
 for problem in sorted(set(errors))[:5]:

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from hdr.config import check, compose
-from hdr.utils import cpu_description, cpu_precision
+from hdr.utils import cpu_description, cpu_precision, quiet_trainer
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_cnn")
@@ -87,23 +87,19 @@ class EpochTimer(L.Callback):
 
 
 timer = EpochTimer()
-L.Trainer(
-    max_epochs=args.epochs + 1,
-    accelerator="cpu",
-    precision=args.precision,
-    callbacks=[timer],
-    logger=False,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    limit_val_batches=0,
+quiet_trainer(
+    max_epochs=args.epochs + 1, accelerator="cpu", precision=args.precision, callbacks=[timer]
 ).fit(model, datamodule=dm)
 
 epoch = statistics.median(timer.seconds[1:])
 achieved = flops_per_epoch / epoch / 1e9
-print(f"recipe: {' '.join(args.overrides) or 'experiment=student'}, batch {batch}, "
-      f"precision {args.precision}, torch threads {torch.get_num_threads()}")  # fmt: skip
-print(f"training: {flops_per_epoch / 1e9:.0f} GFLOP per epoch (forward + backward), "
-      f"{epoch:.3f} s/epoch (median of {args.epochs}) -> {achieved:.1f} GFLOP/s")  # fmt: skip
+print(
+    f"recipe: {' '.join(args.overrides) or 'experiment=student'}, batch {batch}, "
+    f"precision {args.precision}, torch threads {torch.get_num_threads()}"
+)
+print(
+    f"training: {flops_per_epoch / 1e9:.0f} GFLOP per epoch (forward + backward), "
+    f"{epoch:.3f} s/epoch (median of {args.epochs}) -> {achieved:.1f} GFLOP/s"
+)
 print(f"machine limit (best matmul): {limit:.1f} GFLOP/s")
 print(f"share of the limit: {achieved / limit:.0%}")

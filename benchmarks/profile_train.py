@@ -15,12 +15,11 @@ top operators by own time.
 import argparse
 import time
 
-import lightning as L
 from hydra.utils import instantiate
 from torch.profiler import ProfilerActivity, profile
 
 from hdr.config import check, compose
-from hdr.utils import cpu_description
+from hdr.utils import cpu_description, quiet_trainer
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_cnn")
@@ -31,16 +30,7 @@ cfg = compose(args.overrides or ["experiment=student"])
 check(cfg)
 dm = instantiate(cfg.data, download=False)
 dm.setup()
-trainer = L.Trainer(
-    max_epochs=args.epochs,
-    accelerator="cpu",
-    precision=cfg.trainer.precision,
-    logger=False,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    limit_val_batches=0,
-)
+trainer = quiet_trainer(max_epochs=args.epochs, accelerator="cpu", precision=cfg.trainer.precision)
 model = instantiate(cfg.model)
 with profile(activities=[ProfilerActivity.CPU]) as prof:
     start = time.perf_counter()
@@ -68,8 +58,10 @@ for event in events:
     if kind:
         seconds[kind] += event.self_cpu_time_total / 1e6
 print(cpu_description())
-print(f"recipe: {' '.join(args.overrides) or 'experiment=student'}, {args.epochs} epoch(s), "
-      f"precision {cfg.trainer.precision}; fit took {wall:.2f} s (profiled)")  # fmt: skip
+print(
+    f"recipe: {' '.join(args.overrides) or 'experiment=student'}, {args.epochs} epoch(s), "
+    f"precision {cfg.trainer.precision}; fit took {wall:.2f} s (profiled)"
+)
 for kind, s in seconds.items():
     print(f"  {kind:34s} {s:6.2f} s  {s / wall:5.1%}")
 rest = wall - sum(seconds.values())

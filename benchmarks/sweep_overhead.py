@@ -23,9 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 LRS = ["0.01", "0.003", "0.001", "0.0003", "0.0001"]
+# A quiet multirun of the student's MLP.
+BENCH_SWEEP = [sys.executable, "-m", "hdr.train", "-m", "experiment=student", "task_name=bench"]
+BENCH_SWEEP += ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--runs", type=int, default=3, help=f"runs (learning rates), 1-{len(LRS)}")
@@ -82,15 +84,20 @@ def main() -> None:
     swept, by_hand = [], []
     logs = tempfile.TemporaryDirectory()  # one log folder, as a person's outputs/
     for attempt in range(args.repeat):
-        sweep = [
-            sys.executable, "-m", "hdr.train", "-m", "experiment=student", "task_name=bench",
-            f"trainer.max_epochs={args.epochs}", f"model.lr={lrs}", f"paths.log_dir={logs.name}",
-            f"hydra.sweep.dir={Path(logs.name) / f'sweep{attempt}'}",
-            "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
-        ]  # fmt: skip
+        folders = [f"paths.log_dir={logs.name}", f"hydra.sweep.dir={logs.name}/sweep{attempt}"]
+        sweep = [*BENCH_SWEEP, f"trainer.max_epochs={args.epochs}", f"model.lr={lrs}", *folders]
         swept.append(timed(sweep))
-        by_hand.append(timed([sys.executable, __file__, "--plain", f"--runs={args.runs}",
-                              f"--epochs={args.epochs}"]))  # fmt: skip
+        by_hand.append(
+            timed(
+                [
+                    sys.executable,
+                    __file__,
+                    "--plain",
+                    f"--runs={args.runs}",
+                    f"--epochs={args.epochs}",
+                ]
+            )
+        )
         print(
             f"try {attempt + 1}: sweep {swept[-1][0]:.1f} s ({swept[-1][1]:.1f} CPU s), "
             f"plain {by_hand[-1][0]:.1f} s ({by_hand[-1][1]:.1f} CPU s)",
@@ -104,8 +111,10 @@ def main() -> None:
         )
     logs.cleanup()
     best_sweep, best_plain = min(t[0] for t in swept), min(t[0] for t in by_hand)
-    print(f"sweep seconds per epoch / plain seconds per epoch: {best_sweep / best_plain:.2f} "
-          "(target <= 1.15)")  # fmt: skip
+    print(
+        f"sweep seconds per epoch / plain seconds per epoch: {best_sweep / best_plain:.2f} "
+        "(target <= 1.15)"
+    )
 
 
 if __name__ == "__main__":

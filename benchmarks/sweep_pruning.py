@@ -32,12 +32,10 @@ FULL_GRID = 7560
 
 
 def run_sweep(prune: str, folder: Path) -> dict:
-    cmd = [
-        sys.executable, "-m", "hdr.train", "-m", "experiment=student", "task_name=bench",
-        f"trainer.max_epochs={args.epochs}", *GRID, f"sweep.prune={prune}",
-        f"paths.log_dir={folder}", f"hydra.sweep.dir={folder / prune}",
-        "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "hdr.train", "-m", "experiment=student", "task_name=bench"]
+    cmd += [f"trainer.max_epochs={args.epochs}", *GRID, f"sweep.prune={prune}"]
+    cmd += [f"paths.log_dir={folder}", f"hydra.sweep.dir={folder / prune}"]
+    cmd += ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -47,10 +45,18 @@ def run_sweep(prune: str, folder: Path) -> dict:
     epochs = sum(r.get("pruned_at") or r.get("epochs") or 0 for r in results)
     pruned = sum(r["status"] == "pruned" for r in results)
     best = rows[0]
-    return {"wall": wall, "epochs": epochs, "runs": len(rows), "pruned": pruned,
-            "best": " ".join(o for o in best["overrides"].split() if o.split("=")[0] in
-                             ("model.lr", "model.net.activation")),
-            "best_val": float(best["val_acc"])}  # fmt: skip
+    return {
+        "wall": wall,
+        "epochs": epochs,
+        "runs": len(rows),
+        "pruned": pruned,
+        "best": " ".join(
+            o
+            for o in best["overrides"].split()
+            if o.split("=")[0] in ("model.lr", "model.net.activation")
+        ),
+        "best_val": float(best["val_acc"]),
+    }
 
 
 print(f"machine: {cpu_description()}")
@@ -60,13 +66,19 @@ with tempfile.TemporaryDirectory() as tmp:
     figures = {p: run_sweep(p, out) for p in ("none", args.prune)}
 for prune, f in figures.items():
     best = f"best {f['best']} (val {100 * f['best_val']:.2f}%)"
-    print(f"prune={prune:8s} {f['runs']} runs ({f['pruned']} pruned): {f['epochs']} epochs "
-          f"trained in {f['wall']:.0f} s; {best}")  # fmt: skip
+    print(
+        f"prune={prune:8s} {f['runs']} runs ({f['pruned']} pruned): {f['epochs']} epochs "
+        f"trained in {f['wall']:.0f} s; {best}"
+    )
 plain, cut = figures["none"], figures[args.prune]
-print(f"pruning trains {plain['epochs'] / cut['epochs']:.2f}x fewer epochs in "
-      f"{plain['wall'] / cut['wall']:.2f}x less time; same best run: "
-      f"{plain['best'] == cut['best']}")  # fmt: skip
+print(
+    f"pruning trains {plain['epochs'] / cut['epochs']:.2f}x fewer epochs in "
+    f"{plain['wall'] / cut['wall']:.2f}x less time; same best run: "
+    f"{plain['best'] == cut['best']}"
+)
 for label, f in (("without pruning", plain), (f"with {args.prune}", cut)):
     hours = f["wall"] / f["runs"] * FULL_GRID / 3600
-    print(f"full grid ({FULL_GRID} runs) {label}: ~{hours:.0f} h here; "
-          f"~{hours / 8:.1f} h on 8 such Ray workers, ~{hours / 32:.1f} h on 32")  # fmt: skip
+    print(
+        f"full grid ({FULL_GRID} runs) {label}: ~{hours:.0f} h here; "
+        f"~{hours / 8:.1f} h on 8 such Ray workers, ~{hours / 32:.1f} h on 32"
+    )

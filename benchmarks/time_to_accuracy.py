@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from hdr.config import check, compose
-from hdr.utils import cpu_description
+from hdr.utils import QUIET, cpu_description
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_mlp")
@@ -67,19 +67,13 @@ def time_to_target(seed: int) -> float | None:
     """Training seconds until the target, or None if max_epochs end first."""
     L.seed_everything(seed, workers=True)
     clock = Clock((test.images, test.targets))
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=[clock],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = instantiate(cfg.trainer, callbacks=[clock], **QUIET)
     trainer.fit(instantiate(cfg.model), datamodule=datamodule)
     if clock.reached is None:
-        print(f"seed {seed}: never reached {args.target:.2%} in {trainer.current_epoch} epochs "
-              f"({clock.seconds:.1f} s)")  # fmt: skip
+        print(
+            f"seed {seed}: never reached {args.target:.2%} in {trainer.current_epoch} epochs "
+            f"({clock.seconds:.1f} s)"
+        )
     else:
         print(f"seed {seed}: reached {args.target:.2%} after {clock.reached:.1f} s of training")
     return clock.reached
@@ -87,13 +81,17 @@ def time_to_target(seed: int) -> float | None:
 
 times = [time_to_target(cfg.seed + i) for i in range(args.seeds)]
 print(cpu_description())
-print(f"config: {' '.join(args.overrides)}, precision {cfg.trainer.precision}, "
-      f"torch threads {torch.get_num_threads()}")  # fmt: skip
+print(
+    f"config: {' '.join(args.overrides)}, precision {cfg.trainer.precision}, "
+    f"torch threads {torch.get_num_threads()}"
+)
 reached = [t for t in times if t is not None]
 if len(reached) < len(times):
     print(
         f"worst of {len(times)} seeds: {len(times) - len(reached)} never reached {args.target:.2%}"
     )
 else:
-    print(f"worst of {len(times)} seeds: {max(reached):.1f} s to {args.target:.2%} "
-          f"(each: {', '.join(f'{t:.1f}' for t in times)} s)")  # fmt: skip
+    print(
+        f"worst of {len(times)} seeds: {max(reached):.1f} s to {args.target:.2%} "
+        f"(each: {', '.join(f'{t:.1f}' for t in times)} s)"
+    )

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 from hdr.config import check, compose
 from hdr.optim import build_optimizer
-from hdr.utils import cpu_description
+from hdr.utils import cpu_description, quiet_trainer
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_cnn")
@@ -73,22 +73,17 @@ class Alternate(L.Callback):
 
 
 timer = Alternate()
-trainer = L.Trainer(
-    max_epochs=args.epochs + 1,
-    accelerator="cpu",
-    precision=cfg.trainer.precision,
-    callbacks=[timer],
-    logger=False,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    limit_val_batches=0,
+precision = cfg.trainer.precision
+trainer = quiet_trainer(
+    max_epochs=args.epochs + 1, accelerator="cpu", precision=precision, callbacks=[timer]
 )
 trainer.fit(instantiate(cfg.model), datamodule=dm)
 
 print(cpu_description())
-print(f"recipe: {' '.join(args.overrides) or 'experiment=student'}, batch {batch}, "
-      f"precision {cfg.trainer.precision}, torch threads {torch.get_num_threads()}")  # fmt: skip
+print(
+    f"recipe: {' '.join(args.overrides) or 'experiment=student'}, batch {batch}, "
+    f"precision {cfg.trainer.precision}, torch threads {torch.get_num_threads()}"
+)
 print("ours ", " ".join(f"{t:.2f}" for t in timer.ours))
 print("plain", " ".join(f"{t:.2f}" for t in timer.theirs))
 ours, plain = statistics.median(timer.ours[1:]), statistics.median(timer.theirs[1:])

@@ -11,7 +11,8 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from hdr.config import ROOT
-from tests.helpers import DATA_DIR, quiet_trainer, shrunk_cfg
+from hdr.utils import quiet_trainer
+from tests.helpers import DATA_DIR, shrunk_cfg
 
 # Python's bytecode caches go to a temporary folder too, for this process and every
 # subprocess, so that the checkout really stays as it was.
@@ -24,10 +25,22 @@ def checkout_files() -> dict[str, tuple[str, int, int]]:
     """Every untracked, ignored or changed path of the checkout (.venv aside), with its
     status, size and modification time."""
     out = subprocess.run(
-        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", ".",
-         ":(exclude).venv", ":(exclude)*.egg-info"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "git",
+            "status",
+            "--porcelain",
+            "--ignored",
+            "--untracked-files=all",
+            "--",
+            ".",
+            ":(exclude).venv",
+            ":(exclude)*.egg-info",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     files = {}
     for line in out.splitlines():
         status, path = line[:2], line[3:]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -28,13 +27,6 @@ def shrunk_cfg(output_dir: Path, overrides: list[str] | None = None) -> DictConf
         cfg.trainer.enable_progress_bar = False
         cfg.trainer.enable_model_summary = False
     return cfg
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    """A Trainer that logs, checkpoints and prints nothing: for tests that only fit."""
-    kwargs = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "limit_val_batches": 0, **kwargs}  # fmt: skip
-    return L.Trainer(**kwargs)
 
 
 def run_cli(args: list[str], tmp_path: Path, timeout: float = 600, **env: str):

@@ -31,7 +31,8 @@ from hdr.config import ROOT
 from hdr.drawings import redraw
 from hdr.loopback import BROWSER_ARGS, CHROMIUM, ask_app, free_port, wait_listening
 from hdr.records import RecordError
-from tests.helpers import BAD_PICTURES, DATA_DIR, quiet_trainer, sketch, write_huge, write_pictures
+from hdr.utils import quiet_trainer
+from tests.helpers import BAD_PICTURES, DATA_DIR, sketch, write_huge, write_pictures
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,14 @@ def test_app_started_in_its_own_folder_loads_the_recorded_model(tmp_path, traine
     """`cd app && python app.py`, as a person would; records come from HDR_LOG_DIR here."""
     env = {**os.environ, "HDR_LOG_DIR": str(tmp_path)}
     (tmp_path / "best.json").write_text("[1, 2")
-    run = subprocess.run([sys.executable, "app.py"], cwd=ROOT / "app", env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT / "app",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert f"{tmp_path / 'best.json'} is damaged" in run.stderr
 
@@ -108,8 +115,10 @@ def test_a_checkpoint_of_random_bytes_gets_a_whole_sentence_of_ours(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_model(path)
     message = str(err.value)
-    assert message == f"Cannot read {path}: it is damaged (e.g. a copy cut short) or not a " \
-                      "PyTorch checkpoint."  # fmt: skip
+    assert (
+        message == f"Cannot read {path}: it is damaged (e.g. a copy cut short) or not a "
+        "PyTorch checkpoint."
+    )
     assert "weights_only" not in message
 
 
@@ -356,18 +365,33 @@ def test_recorded_models_offer_the_best_of_each_recipe_best_first(
     monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
     mlp, cnn = str(trained_checkpoint), str(cnn_checkpoint)
     runs = {
-        "a": {"status": "ok", "val_acc": 0.95, "checkpoint": mlp,
-              "overrides": ["experiment=seed", "model.lr=0.01"]},
-        "b": {"status": "ok", "val_acc": 0.97, "checkpoint": cnn,
-              "overrides": ["experiment=app"]},
-        "c": {"status": "ok", "val_acc": 0.90, "checkpoint": mlp,
-              "overrides": ["experiment=student"]},  # beaten by a: not offered
+        "a": {
+            "status": "ok",
+            "val_acc": 0.95,
+            "checkpoint": mlp,
+            "overrides": ["experiment=seed", "model.lr=0.01"],
+        },
+        "b": {"status": "ok", "val_acc": 0.97, "checkpoint": cnn, "overrides": ["experiment=app"]},
+        "c": {
+            "status": "ok",
+            "val_acc": 0.90,
+            "checkpoint": mlp,
+            "overrides": ["experiment=student"],
+        },  # beaten by a: not offered
         "d": {"status": "failed", "val_acc": 0.99, "checkpoint": cnn},
-        "e": {"status": "ok", "val_acc": 0.99, "checkpoint": None,
-              "overrides": ["experiment=cnn"]},  # its checkpoint was deleted
-        "f": {"status": "ok", "val_acc": 0.999, "checkpoint": cnn,
-              "overrides": ["experiment=fast_cnn"]},  # forged: points outside its folder
-    }  # fmt: skip
+        "e": {
+            "status": "ok",
+            "val_acc": 0.99,
+            "checkpoint": None,
+            "overrides": ["experiment=cnn"],
+        },  # its checkpoint was deleted
+        "f": {
+            "status": "ok",
+            "val_acc": 0.999,
+            "checkpoint": cnn,
+            "overrides": ["experiment=fast_cnn"],
+        },  # forged: points outside its folder
+    }
     for name, result in runs.items():
         folder = tmp_path / "sweep" / name
         (folder / "checkpoints").mkdir(parents=True)

@@ -16,6 +16,7 @@ from hdr.data import MNISTDataModule
 from hdr.models import build_net
 from hdr.module import DigitClassifier
 from hdr.report import QualityReport
+from hdr.utils import quiet_trainer
 from tests.helpers import DATA_DIR
 
 AUGMENT = {"rotate": 10, "scale": [0.9, 1.1], "shift": 2}
@@ -64,9 +65,13 @@ def test_cnn_extra_convs_per_block_keep_the_size():
     deep = build_net("cnn", **kwargs, pool_first=True, convs=[1, 2, 3])
     convs = [m for m in deep if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.padding) for c in convs] == [
-        (1, 8, (0, 0)), (8, 32, (0, 0)), (32, 32, (1, 1)),
-        (32, 64, (1, 1)), (64, 64, (1, 1)), (64, 64, (1, 1)),
-    ]  # fmt: skip
+        (1, 8, (0, 0)),
+        (8, 32, (0, 0)),
+        (32, 32, (1, 1)),
+        (32, 64, (1, 1)),
+        (64, 64, (1, 1)),
+        (64, 64, (1, 1)),
+    ]
     # the extra convs keep the size: the classifier still sees 64 x 2 x 2 features
     assert [m for m in deep if isinstance(m, torch.nn.Linear)][0].in_features == 64 * 2 * 2
     assert deep(torch.rand(2, 1, 28, 28)).shape == (2, 10)
@@ -138,14 +143,16 @@ def cnn_run(tmp_path_factory):
     L.seed_everything(0)
     dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
     model = DigitClassifier(
-        net={"name": "cnn", "channels": [16, 32]}, optimizer="adamw", lr=0.003,
-        scheduler="onecycle", augment=AUGMENT,
-    )  # fmt: skip
+        net={"name": "cnn", "channels": [16, 32]},
+        optimizer="adamw",
+        lr=0.003,
+        scheduler="onecycle",
+        augment=AUGMENT,
+    )
     report = QualityReport(str(tmp_path_factory.mktemp("report")))
-    trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=150, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[report],
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=150, limit_val_batches=1.0, callbacks=[report]
+    )
     trainer.fit(model, datamodule=dm)
     return model, dm, trainer
 
@@ -202,10 +209,7 @@ def test_quality_report_after_test(cnn_run):
 def test_schedules_step_every_batch_and_end_low(scheduler):
     dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=256, download=False)
     model = DigitClassifier(net={"name": "mlp", "hidden": [16]}, lr=0.01, scheduler=scheduler)
-    trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=20, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=20)
     trainer.fit(model, datamodule=dm)
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr < 0.001  # both anneal towards zero over the run's 20 steps

@@ -52,8 +52,9 @@ def test_unknown_option_fails_naming_it_and_the_real_options(make_cfg, option):
 
 @pytest.mark.slow
 def test_help_offers_the_real_options_only():
-    run = subprocess.run([sys.executable, "-m", "hdr.train", "--help"], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "hdr.train", "--help"], capture_output=True, text=True, check=True
+    )
     assert "model: cnn, mlp\n" in run.stdout and "data: mnist\n" in run.stdout
     assert "schema" not in run.stdout.split("== Config ==")[0]
 
@@ -143,8 +144,10 @@ def test_every_experiment_runs_a_batch_of_each_stage_in_one_multirun(tmp_path):
     args = ["-m", f"experiment={','.join(experiments)}", "debug=fdr", f"hydra.sweep.dir={sweep}"]
     run = run_cli(args, tmp_path, timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    results = {r["overrides"][0]: r for r in map(json.loads, map(Path.read_text,
-               sweep.glob("*/result.json")))}  # fmt: skip
+    results = {
+        r["overrides"][0]: r
+        for r in map(json.loads, map(Path.read_text, sweep.glob("*/result.json")))
+    }
     assert set(results) == {f"experiment={e}" for e in experiments}
     assert all(r["status"] == "ok" and r["test_acc"] is not None for r in results.values())
 
@@ -155,6 +158,10 @@ def test_the_config_and_cfg_job_load_no_lightning():
     code = "import sys, hdr.config; print(sorted(m for m in sys.modules if 'lightning' in m))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "hdr.train", "--cfg", "job"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "hdr.train", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "max_epochs" in run.stdout and "lightning" not in run.stderr

@@ -3,15 +3,25 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from torchvision.datasets import MNIST
 
+from hdr.config import ROOT, data_dir
 from hdr.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, to_float
-from hdr.download import RAW_SHA256, DataError, raw_dir, verify_raw_files
+from hdr.download import RAW_SHA256, DataError, has_mnist, raw_dir, verify_raw_files
 from tests.helpers import DATA_DIR
+
+
+def test_one_rule_finds_the_data_for_every_command(monkeypatch, tmp_path):
+    monkeypatch.delenv("HDR_DATA_DIR", raising=False)
+    found = Path(data_dir())  # data/ of the checkout or ../shared/data, whichever holds MNIST
+    assert has_mnist(found) and found.parent in (ROOT, ROOT.parent / "shared")
+    monkeypatch.setenv("HDR_DATA_DIR", str(tmp_path))
+    assert data_dir() == str(tmp_path) and not has_mnist(tmp_path)
 
 
 def test_real_files_pass_their_checksums():
@@ -132,8 +142,12 @@ def test_an_empty_read_only_folder_with_download_on_is_named(tmp_path):
     )
     # root writes anywhere: take that power away, as a user without write access has it.
     as_user = ["setpriv", "--bounding-set=-dac_override"] if os.geteuid() == 0 else []
-    run = subprocess.run([*as_user, sys.executable, "-c", code, str(folder)],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [*as_user, sys.executable, "-c", code, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 3, run.stderr[-2000:]
     assert f"Cannot download MNIST into {folder}/MNIST/raw: Permission denied" in run.stdout
     assert "HDR_DATA_DIR" in run.stdout

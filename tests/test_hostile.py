@@ -567,16 +567,8 @@ def test_a_damaged_pruning_study_turns_pruning_off_and_fails_no_run(tmp_path):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
     (sweep_dir / "pruning.db").write_bytes(b"not a database, just bytes" * 100)
-    run = run_cli(
-        [
-            "-m",
-            *QUICK,
-            "model.lr=0.01",
-            "sweep.prune=median",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        tmp_path,
-    )
+    args = ["-m", *QUICK, "model.lr=0.01", "sweep.prune=median", f"hydra.sweep.dir={sweep_dir}"]
+    run = run_cli(args, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = list(csv.DictReader((sweep_dir / "leaderboard.csv").open()))
     assert [r["status"] for r in rows] == ["ok"]

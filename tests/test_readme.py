@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hdr.config import ROOT, check, compose
-from tests.helpers import DATA_DIR
+from hdr.download import has_mnist
 
 BIN = Path(sys.executable).parent
 
@@ -67,15 +67,18 @@ OTHER = [c for c in COMMANDS if train_overrides(c) is None]
 
 
 @pytest.mark.parametrize("command", TRAIN)
-def test_readme_training_command_composes(command):
+def test_readme_training_command_composes_and_finds_the_data(command, monkeypatch):
+    monkeypatch.delenv("HDR_DATA_DIR", raising=False)  # run as written, from the checkout
     cfg = compose(train_overrides(command), hydra=True)  # as `--cfg job` would, without a process
     check(cfg)
+    assert has_mnist(cfg.paths.data_dir), cfg.paths.data_dir
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", OTHER)
 def test_readme_command_runs_as_written(command):
-    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR)}
-    run = subprocess.run(as_check(command), cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HDR_DATA_DIR"}  # as written: the rule
+    run = subprocess.run(
+        as_check(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, f"{command}\n{run.stdout[-1500:]}\n{run.stderr[-1500:]}"

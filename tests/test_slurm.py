@@ -18,8 +18,12 @@ from tests.slurm import cluster, unavailable
 
 pytestmark = pytest.mark.slow
 # The README's command, with 1 CPU a run so that 2 run at once on a 2-core node
-LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.partition=debug",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]  # fmt: skip
+LAUNCHER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +157,15 @@ def test_a_grid_larger_than_max_array_size_goes_in_arrays_under_export_none(slur
     assert list(board(tmp_path).values()) == ["ok"] * 12
 
 
+def run_to_end(cmd: list[str], slurm: dict, timeout: float) -> subprocess.CompletedProcess:
+    """The launcher run to its end, its output kept."""
+    env = {**slurm, "HDR_DATA_DIR": str(DATA_DIR)}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def test_a_job_no_node_can_run_is_refused_and_named(slurm, tmp_path):
     cmd = command(tmp_path, "model.lr=0.01,0.001", "hydra.launcher.cpus_per_task=64")
-    run = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env={**slurm, "HDR_DATA_DIR": str(DATA_DIR)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_to_end(cmd, slurm, timeout=120)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "partition debug can never run these jobs: each asks 64 CPUs" in run.stderr
     assert f"its largest node has {os.cpu_count()} CPUs" in run.stderr
@@ -173,10 +176,13 @@ def test_a_job_no_node_can_run_is_refused_and_named(slurm, tmp_path):
 def test_a_job_that_would_pend_for_ever_is_cancelled_and_named(slurm, tmp_path):
     """sbatch takes a job that asks more time than the partition allows, and SLURM keeps it
     pending for ever: the launcher cancels it and says why."""
-    cmd = command(tmp_path, "model.lr=0.01,0.001", "hydra.launcher.partition=short",
-                  "hydra.launcher.timeout_min=5")  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, env={**slurm, "HDR_DATA_DIR": str(DATA_DIR)},
-                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    cmd = command(
+        tmp_path,
+        "model.lr=0.01,0.001",
+        "hydra.launcher.partition=short",
+        "hydra.launcher.timeout_min=5",
+    )
+    run = run_to_end(cmd, slurm, timeout=180)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
     # SLURM 22.05 gives PartitionConfig as the reason; others give PartitionTimeLimit
     assert re.search(r"can never start \(Partition\w+\): it asks partition short", run.stderr)

@@ -23,7 +23,7 @@ from hdr.loopback import free_port
 from hdr.module import DigitClassifier
 from hdr.records import read_best, record_best
 from hdr.sweep import write_leaderboard
-from tests.helpers import CONF, DATA_DIR, ROOT
+from tests.helpers import CONF, DATA_DIR, ROOT, run_cli
 
 # _student.yaml is what the student's studies share, not a study of its own
 STUDIES = sorted(p.stem for p in (CONF / "hparams_search").glob("[!_]*.yaml"))
@@ -69,9 +69,15 @@ def sweep(
     """Run a real multirun in a subprocess; return its leaderboard rows, log and folder."""
     env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [
-        sys.executable, "-m", "hdr.train", f"hparams_search={study}", *TINY, *overrides,
-        f"paths.log_dir={log_dir}", "+trainer.enable_progress_bar=false",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "hdr.train",
+        f"hparams_search={study}",
+        *TINY,
+        *overrides,
+        f"paths.log_dir={log_dir}",
+        "+trainer.enable_progress_bar=false",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr
     if check:
@@ -120,10 +126,18 @@ def test_tensorboards_server_serves_every_runs_curves_images_and_hparams(joblib_
     rows, _, sweep_dir, _ = joblib_sweep
     port = free_port()
     board = subprocess.Popen(
-        [str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(sweep_dir),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).with_name("tensorboard")),
+            "--logdir",
+            str(sweep_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(timeout=30) as http:
@@ -145,25 +159,35 @@ def test_tensorboards_server_serves_every_runs_curves_images_and_hparams(joblib_
             images = http.get(f"{url}/data/plugin/images/tags").json()
             for run in ok_runs:
                 assert {"val/confusion_matrix", "test/confusion_matrix"} <= set(images[run])
-            experiment = http.post(f"{url}/data/plugin/hparams/experiment",
-                                   json={"experimentName": ""}).json()  # fmt: skip
+            experiment = http.post(
+                f"{url}/data/plugin/hparams/experiment", json={"experimentName": ""}
+            ).json()
             hparams = {h["name"] for h in experiment["hparamInfos"]}
             assert {"model/lr", "data/batch_size", "seed"} <= hparams
             metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
             assert {"hp/val_acc_best", "hp/test_acc"} <= metrics
-            columns = [{"hparam": "model/lr", "includeInResult": True},
-                       {"metric": {"tag": "hp/val_acc_best", "group": ""},
-                        "includeInResult": True}]  # fmt: skip
+            columns = [
+                {"hparam": "model/lr", "includeInResult": True},
+                {"metric": {"tag": "hp/val_acc_best", "group": ""}, "includeInResult": True},
+            ]
             statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
             groups = http.post(
                 f"{url}/data/plugin/hparams/session_groups",
-                json={"experimentName": "", "startIndex": 0, "sliceSize": 100,
-                      "allowedStatuses": statuses, "colParams": columns},
-            ).json()["sessionGroups"]  # fmt: skip
+                json={
+                    "experimentName": "",
+                    "startIndex": 0,
+                    "sliceSize": 100,
+                    "allowedStatuses": statuses,
+                    "colParams": columns,
+                },
+            ).json()["sessionGroups"]
             # One row per finished run, with its metric; the diverged run wrote none.
             rows_by_lr = {g["hparams"]["model/lr"]: g["metricValues"][0]["value"] for g in groups}
-            ok = {float(r["overrides"].split("model.lr=")[1].split()[0]): float(r["val_acc"])
-                  for r in rows if r["status"] == "ok"}  # fmt: skip
+            ok = {
+                float(r["overrides"].split("model.lr=")[1].split()[0]): float(r["val_acc"])
+                for r in rows
+                if r["status"] == "ok"
+            }
             assert rows_by_lr == pytest.approx(ok)
     finally:
         board.terminate()
@@ -198,12 +222,20 @@ def test_a_sweep_runs_on_a_real_two_node_ray_cluster(tmp_path):
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     try:
         for cmd in (
-            [ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
-             f"--temp-dir={ray_tmp}", *common],
+            [
+                ray,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--include-dashboard=false",
+                f"--temp-dir={ray_tmp}",
+                *common,
+            ],
             [ray, "start", f"--address=127.0.0.1:{port}", *common],
-        ):  # fmt: skip
-            started = subprocess.run(cmd, env=cluster_env, capture_output=True, text=True,
-                                     timeout=180)  # fmt: skip
+        ):
+            started = subprocess.run(
+                cmd, env=cluster_env, capture_output=True, text=True, timeout=180
+            )
             assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         rows, log, _ = sweep(
             tmp_path,
@@ -213,12 +245,12 @@ def test_a_sweep_runs_on_a_real_two_node_ray_cluster(tmp_path):
             env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)},
         )
         assert [r["status"] for r in rows] == ["ok"] * 4, log[-3000:]
-        nodes = {json.loads((Path(r["dir"]) / "result.json").read_text())["ray_node"]
-                 for r in rows}  # fmt: skip
+        nodes = {
+            json.loads((Path(r["dir"]) / "result.json").read_text())["ray_node"] for r in rows
+        }
         assert len(nodes) == 2  # the runs ran on both nodes
     finally:
-        subprocess.run([ray, "stop", "--force"], env=cluster_env, capture_output=True,
-                       timeout=120)  # fmt: skip
+        subprocess.run([ray, "stop", "--force"], env=cluster_env, capture_output=True, timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -249,8 +281,11 @@ def test_optuna_sweep_keeps_its_study_in_the_sweep_folder_and_resumes_to_n_trial
 
 def snapshot(run_dir: Path) -> dict[str, tuple[bytes, int]]:
     """A finished run's files that a resume must leave alone, with their mtimes."""
-    parts = [run_dir / "result.json", *(run_dir / "checkpoints").glob("*.ckpt"),
-             *(run_dir / "tensorboard").glob("events.*")]  # fmt: skip
+    parts = [
+        run_dir / "result.json",
+        *(run_dir / "checkpoints").glob("*.ckpt"),
+        *(run_dir / "tensorboard").glob("events.*"),
+    ]
     return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in parts}
 
 
@@ -260,15 +295,23 @@ def test_a_sweep_killed_part_way_goes_on_where_it_stopped(tmp_path):
     command finishes it: the 2 are skipped untouched, the third resumes, the fourth starts."""
     sweep_dir = tmp_path / "sweep"
     args = [
-        sys.executable, "-m", "hdr.train", "hparams_search=lr",
-        "model.lr=0.01,0.003,0.001,0.0003", "trainer.max_epochs=3",
-        "+trainer.limit_train_batches=20", "data.batch_size=256", f"paths.log_dir={tmp_path}",
-        f"hydra.sweep.dir={sweep_dir}", "+trainer.enable_progress_bar=false",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "hdr.train",
+        "hparams_search=lr",
+        "model.lr=0.01,0.003,0.001,0.0003",
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=20",
+        "data.batch_size=256",
+        f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "+trainer.enable_progress_bar=false",
+    ]
     env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
     (tmp_path / "best.json").mkdir()  # a folder for a record must not stop the sweep either
-    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    first = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.05)
@@ -320,10 +363,13 @@ def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path, 
     joblib = launcher == "joblib"
     parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if joblib else []
     args = (
-        "model.lr=0.01,0.003,1e-7,1e-8", f"trainer.max_epochs={6 if joblib else 3}",
+        "model.lr=0.01,0.003,1e-7,1e-8",
+        f"trainer.max_epochs={6 if joblib else 3}",
         "sweep.prune=median",
-        "callbacks.pruning.startup_runs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", *parallel,
-    )  # fmt: skip
+        "callbacks.pruning.startup_runs=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *parallel,
+    )
     rows, log, folder = sweep(tmp_path, *args)
     statuses = {r["overrides"].split()[0]: r["status"] for r in rows}
     assert statuses["model.lr=0.01"] == statuses["model.lr=0.003"] == "ok"
@@ -345,16 +391,27 @@ def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path, 
 def test_four_runs_at_once_share_one_pruning_study_on_a_loaded_cpu(tmp_path):
     """Four runs report to one SQLite study at the same moments, while another process keeps
     a core busy: none fails, and none loses its pruning, for want of the study's lock."""
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 300\n"
-                             "while time.time() < end: pass"])  # fmt: skip
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.time() + 300\nwhile time.time() < end: pass",
+        ]
+    )
     try:
         rows, log, folder = sweep(
-            tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-            "model.lr=0.01,0.005,0.003,0.002", "trainer.max_epochs=2", "sweep.prune=median",
-            "callbacks.pruning.startup_runs=100", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-            "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+            tmp_path,
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=4",
+            "model.lr=0.01,0.005,0.003,0.002",
+            "trainer.max_epochs=2",
+            "sweep.prune=median",
+            "callbacks.pruning.startup_runs=100",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "+trainer.limit_val_batches=1",
+            "+trainer.limit_test_batches=1",
             "callbacks.drawings.per_style=0",
-        )  # fmt: skip
+        )
     finally:
         busy.kill()
         busy.wait()
@@ -382,7 +439,7 @@ def test_four_runs_at_once_share_one_pruning_study_on_a_loaded_cpu(tmp_path):
                 p.chmod(0o444),
             ),
             False,
-        ),  # fmt: skip
+        ),
     ],
     ids=["invalid", "empty", "out-of-range", "read-only"],
 )
@@ -394,8 +451,14 @@ def test_a_damaged_best_record_is_set_aside_and_replaced(
     (tmp_path / "run").mkdir()
     ckpt = tmp_path / "run" / "x.ckpt"
     ckpt.write_bytes(trained_checkpoint.read_bytes())
-    row = {"status": "ok", "checkpoint": str(ckpt), "val_acc": 0.9,
-           "test_acc": 0.89, "overrides": "model.lr=0.01", "dir": str(ckpt.parent)}  # fmt: skip
+    row = {
+        "status": "ok",
+        "checkpoint": str(ckpt),
+        "val_acc": 0.9,
+        "test_acc": 0.89,
+        "overrides": "model.lr=0.01",
+        "dir": str(ckpt.parent),
+    }
     entry = record_best([row], record)
     assert entry["val_acc"] == 0.9 and read_best(record) == entry
     aside = list(tmp_path.glob("best.json.bad-*"))
@@ -420,10 +483,8 @@ def test_a_folder_named_as_the_best_record_is_never_moved(tmp_path, caplog, trai
 @pytest.mark.slow
 def test_a_finished_run_with_a_damaged_record_exits_0_and_repairs_it(tmp_path):
     (tmp_path / "best.json").write_text("{not json")
-    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
-    cmd = [sys.executable, "-m", "hdr.train", *TINY, "+trainer.limit_val_batches=1",
-           "+trainer.limit_test_batches=1", "+trainer.enable_progress_bar=false"]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    args = [*TINY, "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    run = run_cli(args, tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     warnings = [line for line in run.stdout.splitlines() if "best.json.bad-" in line]
@@ -433,16 +494,37 @@ def test_a_finished_run_with_a_damaged_record_exits_0_and_repairs_it(tmp_path):
 
 def test_leaderboard_md_keeps_one_line_per_run_whatever_the_error(tmp_path):
     rows = [
-        {"rank": 1, "run": "0_a", "overrides": "model.lr=1", "val_acc": None, "test_acc": None,
-         "epochs": 0, "seconds": 0.8, "status": "failed",
-         "error": "ValueError: line one\nline two | with a pipe\n\nline four",
-         "checkpoint": "", "dir": "x"},
-        {"rank": 2, "run": "1_b", "overrides": "model.lr=2", "val_acc": 0.9, "test_acc": 0.8,
-         "epochs": 1, "seconds": 12.5, "status": "ok", "error": "", "checkpoint": "", "dir": "y"},
-    ]  # fmt: skip
+        {
+            "rank": 1,
+            "run": "0_a",
+            "overrides": "model.lr=1",
+            "val_acc": None,
+            "test_acc": None,
+            "epochs": 0,
+            "seconds": 0.8,
+            "status": "failed",
+            "error": "ValueError: line one\nline two | with a pipe\n\nline four",
+            "checkpoint": "",
+            "dir": "x",
+        },
+        {
+            "rank": 2,
+            "run": "1_b",
+            "overrides": "model.lr=2",
+            "val_acc": 0.9,
+            "test_acc": 0.8,
+            "epochs": 1,
+            "seconds": 12.5,
+            "status": "ok",
+            "error": "",
+            "checkpoint": "",
+            "dir": "y",
+        },
+    ]
     board = write_leaderboard(tmp_path, rows).read_text().splitlines()
-    assert len(board) == 4 and board[2].endswith("failed: ValueError: line one line two / with "
-                                                 "a pipe line four |")  # fmt: skip
+    assert len(board) == 4 and board[2].endswith(
+        "failed: ValueError: line one line two / with a pipe line four |"
+    )
     assert "| 0.8 |" in board[2] and "| 90.00 | 80.00 | 1 | 12.5 |" in board[3]
     with open(tmp_path / "leaderboard.csv") as f:
         assert list(csv.DictReader(f))[0]["error"] == rows[0]["error"]  # whole in the CSV

@@ -179,10 +179,14 @@ class BatchProbe(L.Callback):
 def test_ddp_sim_trains_with_two_cpu_processes_each_taking_half_the_batch(tmp_path):
     probe = "+callbacks.probe._target_=tests.test_train.BatchProbe"
     args = [
-        "trainer=ddp_sim", "+trainer.max_steps=4", "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1", "data.batch_size=64", f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer=ddp_sim",
+        "+trainer.max_steps=4",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+        "data.batch_size=64",
+        f"hydra.run.dir={tmp_path / 'run'}",
         probe,
-    ]  # fmt: skip
+    ]
     run = run_cli(args, tmp_path, timeout=300)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
@@ -214,17 +218,23 @@ def test_our_commands_print_none_of_lightnings_start_up_noise_and_take_slurms_cp
 
 @pytest.mark.slow
 def test_two_runs_started_together_get_a_folder_each(tmp_path):
-    args = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-            "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]  # fmt: skip
+    args = [
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+    ]
     env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
     runs = [
         subprocess.Popen(
             [sys.executable, "-m", "hdr.train", *args, "+trainer.enable_progress_bar=false"],
-            cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for _ in range(2)
-    ]  # fmt: skip
+    ]
     assert [r.wait(timeout=300) for r in runs] == [0, 0]
     folders = sorted((tmp_path / "train" / "runs").iterdir())
     assert len(folders) == 2
@@ -254,10 +264,8 @@ def test_a_run_refuses_a_folder_that_holds_another_runs_result(tmp_path):
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_last_ckpt_and_finishes(tmp_path):
     env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "HDR_LOG_DIR": str(tmp_path)}
-    common = [
-        sys.executable, "-m", "hdr.train", "trainer.max_epochs=4", "data.batch_size=64",
-        "+trainer.limit_train_batches=150", "+trainer.enable_progress_bar=false",
-    ]  # fmt: skip
+    common = [sys.executable, "-m", "hdr.train", "trainer.max_epochs=4", "data.batch_size=64"]
+    common += ["+trainer.limit_train_batches=150", "+trainer.enable_progress_bar=false"]
     first = subprocess.Popen([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=ROOT, env=env)
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240

@@ -12,7 +12,7 @@ which value is not allowed and why, before anything is built.
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hdr.augment import AugmentConfig
 from hdr.checks import ConfigError, choice, fraction, require
-from hdr.models import CNNConfig, MLPConfig, count_params
+from hdr.models import NETS, count_params
 from hdr.optim import OPTIMIZERS, SCHEDULERS
 from hdr.records import RunDir
 from hdr.utils import cpu_precision
@@ -54,8 +54,13 @@ OmegaConf.register_new_resolver(
 )
 # The student's search space is written once (conf/hparams_search/_student.yaml); these turn
 # its parts into Hydra's sweep syntax for the basic sweeper and for Optuna.
-OmegaConf.register_new_resolver("hdr.nets", lambda widths, depths: ",".join(
-    "[" + ",".join([str(w)] * d) + "]" for d in depths for w in widths), replace=True)  # fmt: skip
+OmegaConf.register_new_resolver(
+    "hdr.nets",
+    lambda widths, depths: ",".join(
+        "[" + ",".join([str(w)] * d) + "]" for d in depths for w in widths
+    ),
+    replace=True,
+)
 OmegaConf.register_new_resolver(
     "hdr.range", lambda low, high, step: f"range({low},{high + 1},{step})", replace=True
 )
@@ -122,26 +127,34 @@ class DataConfig:
         require(self.timeout > 0, "data.timeout", self.timeout, "seconds, > 0")
 
 
-# What Hydra composes `model=...` and `data=...` against: the settings above with their
-# targets, and the net's own config.
-@dataclass
-class MLPModel(ModelConfig):
-    _target_: str = "hdr.module.DigitClassifier"
-    _convert_: str = "all"  # lists reach the module (and its checkpoint) as plain lists
-    net: MLPConfig = field(default_factory=MLPConfig)
-
-
-@dataclass
-class CNNModel(ModelConfig):
-    _target_: str = "hdr.module.DigitClassifier"
-    _convert_: str = "all"
-    net: CNNConfig = field(default_factory=CNNConfig)
-
-
+# What Hydra composes `model=<net>` and `data=mnist` against: the settings above with their
+# targets, and for the model the net's own config (one schema per net in hdr.models.NETS, so a
+# new net costs models.py and its conf/model/<name>.yaml, nothing here).
 @dataclass
 class MNISTData(DataConfig):
     _target_: str = "hdr.data.MNISTDataModule"
-    _convert_: str = "all"
+    _convert_: str = "all"  # lists reach the DataModule (and checkpoints) as plain lists
+
+
+def model_schema(net: type) -> type:
+    """The `model` schema for a net whose config class is `net`, made a name of this module:
+    a sweep's jobs unpickle their configs, which find their classes by name."""
+    name = f"{net.__name__.removesuffix('Config')}Model"
+    schema = make_dataclass(
+        name,
+        [
+            ("_target_", str, field(default="hdr.module.DigitClassifier")),
+            ("_convert_", str, field(default="all")),
+            ("net", net, field(default_factory=net)),
+        ],
+        bases=(ModelConfig,),
+    )
+    schema.__module__ = __name__
+    globals()[name] = schema
+    return schema
+
+
+MODEL_SCHEMAS = {name: model_schema(net) for name, (net, _) in NETS.items()}
 
 
 def register_schemas() -> None:
@@ -150,8 +163,8 @@ def register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(name="schema_model_mlp", node=MLPModel)
-    store.store(name="schema_model_cnn", node=CNNModel)
+    for name, schema in MODEL_SCHEMAS.items():
+        store.store(name=f"schema_model_{name}", node=schema)
     store.store(name="schema_data_mnist", node=MNISTData)
 
 

@@ -58,7 +58,7 @@ class TensorBatchSampler(BatchSampler):
         plain_shuffle = type(s) is RandomSampler and s.generator is None and not s.replacement
         if plain_shuffle and s.num_samples == len(s.data_source):
             # RandomSampler's own draw, kept as one tensor instead of 55k Python ints made
-            # and gathered again (0.02 s an epoch): the same seed, so the same order.
+            # and gathered again: the same seed, so the same order.
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
             return torch.randperm(len(s), generator=torch.Generator().manual_seed(seed))
         return torch.as_tensor(list(s))
@@ -70,7 +70,7 @@ def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, t
 
 
 # Splits read in this process, shared read-only by its runs: the runs of a sweep on the basic
-# launcher, or a test session, read and convert the files once (about 0.3 s a run).
+# launcher, or a test session, read and convert the files once.
 _LOADED: dict[tuple[str, int, int], dict[str, TensorImages]] = {}
 
 

@@ -47,8 +47,10 @@ def thin(ink: torch.Tensor) -> torch.Tensor:
     while idle < 2:  # until neither sub-iteration removes a pixel
         p = F.pad(ink, (1, 1, 1, 1))
         # the 8 neighbours, clockwise from the one above: P2 ... P9 in the paper
-        n = [p[..., i : i + h, j : j + w] for i, j in
-             [(0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0), (0, 0)]]  # fmt: skip
+        n = [
+            p[..., i : i + h, j : j + w]
+            for i, j in [(0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0), (0, 0)]
+        ]
         count = sum(n)
         crossings = sum((n[i] < n[(i + 1) % 8]).float() for i in range(8))
         p2, p4, p6, p8 = n[0], n[2], n[4], n[6]
@@ -98,22 +100,29 @@ def draw(lines: torch.Tensor, style: str, rng: np.random.Generator) -> np.ndarra
     """One digit's centre lines [168, 168] (pen_lines) drawn in `style`: the picture the app
     would receive."""
     if style == "canvas":
-        ink = place(slant(pen_path(lines, int(rng.integers(5, 22))), rng), 400,
-                    rng.uniform(0.35, 0.85), rng)  # fmt: skip
+        ink = place(
+            slant(pen_path(lines, int(rng.integers(5, 22))), rng),
+            400,
+            rng.uniform(0.35, 0.85),
+            rng,
+        )
         return np.repeat((255 * (1 - ink)).astype(np.uint8)[..., None], 3, axis=2)
     if style == "thin_pen":
-        ink = place(slant(pen_path(lines, int(rng.integers(5, 12))), rng), 100,
-                    rng.uniform(0.5, 0.9), rng)  # fmt: skip
+        ink = place(
+            slant(pen_path(lines, int(rng.integers(5, 12))), rng), 100, rng.uniform(0.5, 0.9), rng
+        )
         return (255 * (1 - ink)).astype(np.uint8)
     if style == "layer":
-        ink = place(slant(pen_path(lines, int(rng.integers(7, 24))), rng), 512,
-                    rng.uniform(0.3, 0.8), rng)  # fmt: skip
+        ink = place(
+            slant(pen_path(lines, int(rng.integers(7, 24))), rng), 512, rng.uniform(0.3, 0.8), rng
+        )
         rgba = np.zeros((512, 512, 4), np.uint8)
         rgba[..., 3] = (255 * ink).astype(np.uint8)
         return rgba
     if style == "scan":
-        ink = place(slant(pen_path(lines, int(rng.integers(13, 29))), rng), 200,
-                    rng.uniform(0.5, 0.9), rng)  # fmt: skip
+        ink = place(
+            slant(pen_path(lines, int(rng.integers(13, 29))), rng), 200, rng.uniform(0.5, 0.9), rng
+        )
         low = int(rng.integers(8, 13)) * 200 // 28  # the digit's 28 px frame at 8-12 px
         small = Image.fromarray((255 * ink).astype(np.uint8)).resize((low, low), Image.BOX)
         big = small.resize((200, 200), Image.BICUBIC)

@@ -12,8 +12,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 class EMA(WeightAveraging):
     """Lightning's weight averaging, updated after every step as an EMA whose decay warms up,
     (1 + n) / (10 + n) after n updates up to `decay`, as TensorFlow's and timm's do: with a
-    fixed 0.999 the average still held 27% of the random initial weights after 3 epochs, and
-    a batch-normed CNN read 19% of the validation digits.
+    fixed decay the average kept much of the random initial weights for epochs, and a
+    batch-normed CNN read few validation digits (docs/results.md).
 
     And a checkpoint loaded to test or predict keeps its averaged weights: Lightning's own
     puts the raw weights back at any stage (right when a fit resumes), so

@@ -60,8 +60,12 @@ class CNNConfig:
         rule = "must be odd (e.g. 3 or 5) to keep the size, or give model.net.padding"
         require(odd or pad is not None, "model.net.kernel_size", k, rule)
         shrink = "each conv block halves the 28-px image and this many shrink it to nothing"
-        require(feature_side(blocks, k, pad) >= 1, "model.net.channels", self.channels,
-                f"{shrink}; use fewer blocks or more padding")  # fmt: skip
+        require(
+            feature_side(blocks, k, pad) >= 1,
+            "model.net.channels",
+            self.channels,
+            f"{shrink}; use fewer blocks or more padding",
+        )
         require(ints(self.convs, blocks, 1), "model.net.convs", self.convs, f"{per_block}, >= 1")
         require(self.hidden >= 1, "model.net.hidden", self.hidden, "must be >= 1")
         fraction("model.net.dropout", self.dropout)

@@ -1,7 +1,7 @@
 """Figures for TensorBoard and the run folder: confusion matrices, accuracy curves, mistakes.
 
-Drawn with Pillow as RGB arrays, in milliseconds each: Matplotlib took about 0.3 s a figure
-plus 0.4 s to import, a cost every run of a sweep paid (docs/performance.md). The same array
+Drawn with Pillow as RGB arrays, in milliseconds each, where Matplotlib cost every run of a
+sweep much more (docs/performance.md). The same array
 is the PNG in the run folder and the image in TensorBoard.
 """
 

@@ -147,7 +147,7 @@ class DrawingsReport(L.Callback):
     as `test/drawings_acc` and `test/drawings_acc_<style>`. Made from MNIST test digits with
     a fixed seed, they measure only: nothing here trains or chooses a model.
 
-    Making them takes about 2 s, which each process of a sweep (every SLURM job) would pay:
+    Making them takes seconds, which each process of a sweep (every SLURM job) would pay:
     they are kept in `cache_dir`, under a name that changes with the code that makes them,
     and made again when that file is missing or damaged."""
 
@@ -183,7 +183,7 @@ class DrawingsReport(L.Callback):
         if path is not None:
             buffer = io.BytesIO()
             torch.save(made, buffer)
-            # A folder that cannot be written costs the next run 2 s, no more.
+            # A folder that cannot be written costs the next run the making, no more.
             with contextlib.suppress(OSError):
                 write_atomic(path, buffer.getvalue())
         return made

@@ -49,7 +49,7 @@ def decode(file: FileData | bytes | None, flatten_on_white: bool = False) -> np.
 def guard(pad: gr.Sketchpad) -> None:
     """Bound what one request can make the Sketchpad decode. Gradio decodes the background,
     every layer and the composite of a drawing, and keeps half-sent drawings by any id and
-    layer index a client names: 30 layers of one 4096x4096 upload took 6 GB. Here only the
+    layer index a client names: many layers of one huge upload took gigabytes. Here only the
     composite is decoded when there is one (the model reads nothing else), at most
     MAX_LAYERS layers otherwise, and at most MAX_SKETCHES half-sent drawings are held."""
     preprocess, accept_blobs = pad.preprocess, pad.accept_blobs

@@ -108,9 +108,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def finish(
-    cfg: DictConfig, trainer: Any, metrics: dict[str, float], best: str, pruned_at: Any,
+    cfg: DictConfig,
+    trainer: Any,
+    metrics: dict[str, float],
+    best: str,
+    pruned_at: Any,
     seconds: float,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The run's record, written by rank 0: result.json, the HPARAMS entry beside its
     curves, and the headline figures in the log. Returns the record."""
     from hdr.utils import tensorboard_logger

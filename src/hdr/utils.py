@@ -1,5 +1,5 @@
-"""Small helpers: atomic writes; build every object of a config group; quiet Lightning; what
-the CPU can do."""
+"""Small helpers: atomic writes; build every object of a config group; quiet Lightning and a
+quiet Trainer; what the CPU can do."""
 
 import logging
 import os
@@ -38,6 +38,22 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return objects
 
 
+# A Trainer that logs, checkpoints and prints nothing: for benchmarks and tests that only fit.
+QUIET = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+
+
+def quiet_trainer(**kwargs: Any) -> Any:
+    """A Lightning Trainer with QUIET and no validation, unless `kwargs` say otherwise."""
+    import lightning as L
+
+    return L.Trainer(**{**QUIET, "limit_val_batches": 0, **kwargs})
+
+
 def tensorboard_logger(trainer: Any) -> Any:
     """The trainer's TensorBoardLogger, or None when it logs elsewhere (or nowhere)."""
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -67,8 +83,11 @@ def cpu_flags() -> set[str]:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return set()
-    return set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                     if ln.startswith("flags")), []))  # fmt: skip
+    return set(
+        next(
+            (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+        )
+    )
 
 
 def cpu_description() -> str:
@@ -76,14 +95,22 @@ def cpu_description() -> str:
     since figures compare only between runs on one kind of machine."""
     try:
         info = Path("/proc/cpuinfo").read_text()
-        model = next(ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                     if ln.startswith("model name"))  # fmt: skip
+        model = next(
+            ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")
+        )
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
     flags = cpu_flags()
-    isa = [name for flag, name in [("avx2", "AVX2"), ("avx512f", "AVX-512"),
-                                   ("avx512_bf16", "AVX-512 bf16"), ("amx_bf16", "AMX bf16")]
-           if flag in flags]  # fmt: skip
+    isa = [
+        name
+        for flag, name in [
+            ("avx2", "AVX2"),
+            ("avx512f", "AVX-512"),
+            ("avx512_bf16", "AVX-512 bf16"),
+            ("amx_bf16", "AMX bf16"),
+        ]
+        if flag in flags
+    ]
     return f"{model}, {os.cpu_count()} cores, {', '.join(isa) or 'no AVX'}"
 
 
