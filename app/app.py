@@ -3,6 +3,7 @@
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -11,10 +12,11 @@ import torch
 from hdr.catalog import Choice, load, recorded, to_compare
 from hdr.checkpoint import CheckpointError
 from hdr.config import compose
+from hdr.corrections import Corrections
 from hdr.module import DigitClassifier
 from hdr.preprocess import BlankDrawing, read_picture, to_mnist
 from hdr.records import RecordError
-from hdr.sketchpad import DELETE_CACHE, MAX_UPLOAD, PICK_BRUSH, decode, guard, preview
+from hdr.sketchpad import DELETE_CACHE, MAX_UPLOAD, PICK_BRUSH, decode, guard, picture_of, preview
 
 APP_RECIPE = "experiment=app"  # the recipe to train for the best reading of drawings
 
@@ -75,10 +77,11 @@ def make_predict_picture(model: DigitClassifier):
     return predict_picture
 
 
-def build(choices: dict[str, Choice]) -> gr.Blocks:
+def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
     """The page for these models (the first is the default): the sketchpad, the model's
-    top 3 and what it saw, an upload, and, when there are an MLP and a CNN, both side by
-    side. API: /predict and /picture (the default model), /compare (both)."""
+    top 3 and what it saw, a correction to keep, an upload, and, when there are an MLP and a
+    CNN, both side by side. API: /predict and /picture (the default model), /correct, and
+    /compare (both)."""
     default = next(iter(choices))
     models = {label: choice.model for label, choice in choices.items()}
     compare = to_compare(choices)
@@ -89,6 +92,19 @@ def build(choices: dict[str, Choice]) -> gr.Blocks:
     def predict_picture(path: str | None, label: str) -> Answer:
         return make_predict_picture(models[label])(path)
 
+    def correct(
+        image: dict | np.ndarray | None, digit: Any, label: str, request: gr.Request
+    ) -> str:
+        """Keep "that drawing is a <digit>" (hdr.corrections); every refusal is a message."""
+        if image is None:
+            return "Draw a digit, then choose what it is."
+        try:
+            return corrections.add(
+                picture_of(image), to_mnist(image), digit, label, client=request.client.host
+            )
+        except ValueError as e:  # refused (the limits), blank, or not a drawing
+            return str(e)
+
     def both(image: dict | np.ndarray | None) -> tuple[dict | str, dict | str]:
         """For a drawing: the top 3 of the student's MLP and of the best CNN."""
         return tuple(make_predict(models[label])(image)[0] for label in compare)
@@ -96,6 +112,7 @@ def build(choices: dict[str, Choice]) -> gr.Blocks:
     with gr.Blocks(title="hdr: draw a digit", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
             "## Draw a digit\n"
+            f"Model: {default}.\n\n"
             f"For the best reading of drawings, train the app's model: `python -m hdr.train "
             f"{APP_RECIPE}` (docs/results.md has its time and accuracy)."
         )
@@ -117,6 +134,10 @@ def build(choices: dict[str, Choice]) -> gr.Blocks:
                 )
                 label = gr.Label(num_top_classes=3, label="prediction")
                 seen = gr.Image(label="what the model sees (28x28)", height=168, format="png")
+                with gr.Row():
+                    truth = gr.Dropdown([str(d) for d in range(10)], label="Wrong? It is a")
+                    keep = gr.Button("Keep this correction")
+                kept = gr.Markdown()
                 upload = gr.File(label="or upload a picture", file_types=["image"], height=120)
         with gr.Row():
             clear = gr.ClearButton([pad, label, seen, upload], value="Clear")
@@ -133,6 +154,7 @@ def build(choices: dict[str, Choice]) -> gr.Blocks:
         picker.change(predict, [pad, picker], [label, seen], api_name=False)
         submit.click(predict, [pad, chosen], [label, seen], api_name="predict")
         pad.change(predict, [pad, chosen], [label, seen], api_name=False, show_progress="hidden")
+        keep.click(correct, [pad, truth, chosen], kept, api_name="correct")
         upload.upload(predict_picture, [upload, chosen], [label, seen], api_name="picture")
         clear.click(None, js=PICK_BRUSH)
         demo.load(None, js=PICK_BRUSH)
@@ -156,7 +178,7 @@ def main() -> None:
     except (RecordError, CheckpointError) as e:
         sys.exit(str(e))
     try:
-        build(choices).launch(
+        build(choices, Corrections(compose().paths.corrections_dir)).launch(
             server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD
         )
     except (OSError, ValueError) as e:  # a port in use, a host that is no address here

@@ -102,3 +102,21 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 def well_trained_checkpoint(tmp_path_factory) -> Path:
     """Four epochs (~97.4% test): for the tests that measure how well drawings are read."""
     return train_mlp(tmp_path_factory.mktemp("model"), epochs=4)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MB tmpfs of our own (root only): room for two checkpoints of the seed MLP."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"a full disk needs a tmpfs mount, as root: {mount.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)

@@ -28,6 +28,7 @@ from app.app import (
 )
 from hdr.checkpoint import CheckpointError
 from hdr.config import ROOT
+from hdr.corrections import Corrections
 from hdr.drawings import redraw
 from hdr.loopback import BROWSER_ARGS, CHROMIUM, ask_app, free_port, wait_listening
 from hdr.records import RecordError
@@ -158,10 +159,16 @@ def cnn_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(trained_checkpoint, cnn_checkpoint):
+def corrections_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("corrections")
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint, cnn_checkpoint, corrections_dir):
     """The app with two models: the default an MLP (as the student's), and a CNN."""
     mlp, cnn = load_model(trained_checkpoint), load_model(cnn_checkpoint)
-    demo = build({f"student: {mlp.about}": mlp, f"app: {cnn.about}": cnn})
+    models = {f"student: {mlp.about}": mlp, f"app: {cnn.about}": cnn}
+    demo = build(models, Corrections(corrections_dir))
     port = free_port()
     demo.launch(
         server_name="127.0.0.1",
@@ -300,7 +307,7 @@ def test_identical_requests_at_once_all_get_their_answer_and_preview(server, dig
 
 
 @pytest.mark.slow
-def test_browser_draws_submits_and_clears(server, tmp_path):
+def test_browser_draws_submits_corrects_and_clears(server, corrections_dir, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -327,6 +334,16 @@ def test_browser_draws_submits_and_clears(server, tmp_path):
         expect(page.locator(".output-class").nth(1)).to_have_text("7", timeout=30_000)
         expect(page.locator(".output-class").nth(2)).to_have_text("7", timeout=30_000)
         page.screenshot(path=str(tmp_path / "app_drawn_7.png"))
+        # "That's wrong, it is a 1": kept in the corrections folder, where a restarted app
+        # (a new Corrections) reads it.
+        page.get_by_role("combobox", name="Wrong? It is a").click()
+        page.get_by_role("option", name="1", exact=True).click()
+        page.get_by_role("button", name="Keep this correction").click()
+        expect(page.get_by_text("Kept: this drawing is a 1")).to_be_visible(timeout=30_000)
+        (entry,) = Corrections(corrections_dir).entries()
+        assert entry["label"] == 1 and entry["model"].startswith("student: MLP")
+        images, _ = Corrections(corrections_dir).dataset()
+        assert images.shape == (1, 1, 28, 28) and images.sum() > 20  # the 7's strokes
         # Another model from the dropdown reads the drawing at once.
         picker = page.get_by_role("combobox", name="model")
         picker.click()
@@ -407,7 +424,76 @@ def test_recorded_models_offer_the_best_of_each_recipe_best_first(
     choices = recorded_models()
     labels = list(choices)
     assert len(labels) == 2
-    assert labels[0].startswith("best: CNN [8, 16]") and labels[1].startswith("student: MLP")
+    assert labels[0].startswith("best on MNIST validation: CNN [8, 16]") and labels[1].startswith(
+        "student: MLP"
+    )
     assert to_compare(choices) == (labels[1], labels[0])
     mlp, cnn = choices[labels[1]].model, choices[labels[0]].model
     assert mlp.hparams.net["name"] == "mlp" and cnn.hparams.net["name"] == "cnn"
+
+
+def test_the_best_reader_of_drawings_comes_first_and_says_why(
+    tmp_path, monkeypatch, trained_checkpoint, cnn_checkpoint
+):
+    """val_drawings_acc outranks MNIST validation for the app; a record from before that
+    score existed still loads."""
+    monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
+    runs = {
+        "mnist_best": (cnn_checkpoint, {"val_acc": 0.99, "val_drawings_acc": 0.90}, "cnn"),
+        "drawings_best": (trained_checkpoint, {"val_acc": 0.95, "val_drawings_acc": 0.935}, "app"),
+        "old": (trained_checkpoint, {"val_acc": 0.96}, "student"),
+    }
+    for name, (ckpt, scores, recipe) in runs.items():
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "best.ckpt").write_bytes(Path(ckpt).read_bytes())
+        result = {"status": "ok", **scores, "overrides": [f"experiment={recipe}"]}
+        result["checkpoint"] = str(folder / "checkpoints" / "best.ckpt")
+        (folder / "result.json").write_text(json.dumps(result))
+    (tmp_path / "best.json").write_text(
+        json.dumps(
+            {
+                **json.loads((tmp_path / "mnist_best/result.json").read_text()),
+                "dir": str(tmp_path / "mnist_best"),
+            }
+        )
+    )
+    labels = list(recorded_models())
+    assert labels[0].startswith("best on drawings (93.5% of 400 validation drawings): MLP [1400]")
+    assert "drawings_best" in labels[0]
+    assert labels[1].startswith("best on MNIST validation: CNN [8, 16]")
+    assert labels[2].startswith("student: MLP [1400]") and "old" in labels[2]
+
+
+@pytest.mark.slow
+def test_api_hostile_corrections_get_a_message_and_write_nothing(
+    client, pictures, corrections_dir, tmp_path
+):
+    from gradio_client.exceptions import AppError
+
+    def files() -> list[str]:
+        return sorted(p.name for p in corrections_dir.rglob("*") if p.is_file())
+
+    before = files()
+    (text := tmp_path / "note.png").write_text("not a picture at all")
+    for sketch_value, label, words in [
+        (drawing(pictures["huge.png"]), "3", "too large"),
+        (drawing(text), "3", "is not a picture"),
+        (drawing(pictures["sketch.png"]), "11", "not in the list of choices"),
+    ]:
+        with pytest.raises(AppError, match=words):
+            client.predict(sketch_value, label, api_name="/correct")
+    time.sleep(2.1)  # past the pace left by any earlier test
+    assert client.predict(drawing(pictures["sketch.png"]), "4", api_name="/correct").startswith(
+        "Kept"
+    )
+    kept = files()
+    # 1,000 at once, each within 2 s of the last try: each gets its message
+    jobs = [
+        client.submit(drawing(pictures["sketch.png"]), str(i % 10), api_name="/correct")
+        for i in range(1000)
+    ]
+    answers = [job.result(timeout=300) for job in jobs]
+    assert all(a.startswith("Too fast") for a in answers), {a for a in answers}
+    assert files() == kept
+    assert len(kept) == len(before) + 2 + (not before)  # the one kept: 2 pictures (+ index)

@@ -56,14 +56,14 @@ def test_thinning_keeps_a_ring_whole_and_one_pixel_wide():
 
 def test_drawings_are_made_once_into_their_cache_and_a_damaged_one_is_made_again(mnist, tmp_path):
     test = mnist.splits["test"]
-    made = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test)
-    (cached,) = tmp_path.glob("drawings-5-0-*.pt")  # named by the code that makes them
+    made = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test, "test", 5, 0)
+    (cached,) = tmp_path.glob("drawings-test-5-0-*.pt")  # named by the code that makes them
     fresh = make_drawings(test.images, test.targets, 5)
     for style in STYLES:
         assert torch.equal(made[style][0], fresh[style][0])
     stamp = cached.stat().st_mtime_ns
-    again = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test)
+    again = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test, "test", 5, 0)
     assert cached.stat().st_mtime_ns == stamp and torch.equal(again["scan"][0], fresh["scan"][0])
     cached.write_bytes(b"cut short")
-    remade = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test)
+    remade = DrawingsReport(per_style=5, cache_dir=str(tmp_path))._cached(test, "test", 5, 0)
     assert torch.equal(remade["canvas"][0], fresh["canvas"][0]) and cached.stat().st_size > 1000

@@ -145,15 +145,18 @@ def test_a_4kb_request_of_30_huge_layers_is_refused_and_the_server_stays_up(
     assert "Traceback" not in log.read_text()  # a refused drawing is one line, no trace
 
 
-def test_the_sketchpad_holds_few_half_sent_drawings_and_no_huge_layer_index(trained_checkpoint):
+def test_the_sketchpad_holds_few_half_sent_drawings_and_no_huge_layer_index(
+    trained_checkpoint, tmp_path
+):
     import gradio as gr
     from gradio.data_classes import FileData
 
     from app.app import build, load_model
+    from hdr.corrections import Corrections
     from hdr.sketchpad import MAX_SKETCHES
 
     choice = load_model(trained_checkpoint)
-    demo = build({choice.about: choice})
+    demo = build({choice.about: choice}, Corrections(tmp_path))
     (pad,) = [b for b in demo.blocks.values() if isinstance(b, gr.Sketchpad)]
 
     class Blob:  # what Gradio's /component_server hands accept_blobs
@@ -181,7 +184,10 @@ def test_the_app_bounds_its_disk_use(tmp_path, monkeypatch, trained_checkpoint):
         sketchpad.preview(x)
     assert len(list((tmp_path / "previews").glob("*.png"))) == sketchpad.MAX_PREVIEWS
     choice = app.load_model(trained_checkpoint)
-    assert app.build({choice.about: choice}).delete_cache == app.DELETE_CACHE  # Gradio's cache
+    corrections = app.Corrections(tmp_path / "corrections")
+    assert (
+        app.build({choice.about: choice}, corrections).delete_cache == app.DELETE_CACHE
+    )  # Gradio's cache
 
 
 @pytest.mark.slow
@@ -668,24 +674,6 @@ def test_two_identical_sweeps_at_once_train_each_run_once_and_a_damaged_record_r
 
 
 # 11: a full disk ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 32 MB tmpfs of our own (root only): room for two checkpoints of the seed MLP."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"a full disk needs a tmpfs mount, as root: {mount.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ def test_short_run_learns(short_run):
     assert objects["trainer"].global_step == 300
     assert metrics["val/acc"] >= 0.90 and metrics["val/acc_best"] >= metrics["val/acc"]
     assert metrics["test/acc"] >= 0.90
+    assert 0.3 < objects["result"]["val_drawings_acc"] <= 1  # what ranks it for the app
     # test/acc is plain accuracy (correct / all), not a per-class average.
     test = objects["datamodule"].splits["test"]
     with torch.inference_mode():
@@ -92,6 +93,9 @@ def test_event_files_hold_curves_hparams_and_confusion_images(short_run):
     for tag in ("test/drawings_acc", *(f"test/drawings_acc_{s}" for s in styles)):
         assert len(scalars[tag]) == 1 and 0.3 < scalars[tag][0] <= 1, tag
     assert "hp/test_drawings_acc" in scalars
+    # 400 drawings made from validation digits, the score that ranks runs for the app
+    assert len(scalars["val/drawings_acc"]) == 1 and 0.3 < scalars["val/drawings_acc"][0] <= 1
+    assert "hp/val_drawings_acc" in scalars
     for tag in ("val/confusion_matrix", "test/confusion_matrix"):
         width, height, png = images[tag]
         assert png.startswith(b"\x89PNG") and width > 200 and height > 200

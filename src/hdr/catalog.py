@@ -1,13 +1,24 @@
-"""The trained models there are to serve: the best recorded one, then the best run of each
-recipe, each loaded with a line saying what it is; and the MLP and CNN the app compares."""
+"""The trained models there are to serve, each loaded with a line saying what it is and why
+it is offered: first the best reader of drawings (val_drawings_acc), then the best on MNIST
+validation (best.json, what sweeps rank by), then the best run of each recipe; and the MLP
+and CNN the app compares."""
 
 import logging
 from pathlib import Path
 from typing import NamedTuple
 
 from hdr.checkpoint import CheckpointError, load_model
+from hdr.drawings import STYLES, VAL_PER_STYLE
 from hdr.module import DigitClassifier
-from hdr.records import RecordError, RunDir, best_per_recipe, read_best, read_result, recipe_of
+from hdr.records import (
+    RecordError,
+    RunDir,
+    best_on_drawings,
+    best_per_recipe,
+    read_best,
+    read_result,
+    recipe_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,31 +43,36 @@ def load(checkpoint: str | Path | None = None, best_record: str | Path = "") -> 
 
 
 def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
-    """The models to choose from, as {label: choice}: the best recorded one first (best by
-    validation), then the best run of each recipe under `log_dir`. A best record that is
-    damaged or names an unreadable model is passed over, with one line, for the others;
-    RecordError only when there is no model at all."""
+    """The models to choose from, as {label: choice}, the app's default first: the best
+    reader of validation drawings under `log_dir` (people draw, they do not write MNIST),
+    then the best on MNIST validation (`best_record`), then the best run of each recipe. Each
+    label says why it is there. A record that is damaged or names an unreadable model is
+    passed over, with one line, for the others; RecordError only when there is no model."""
     choices: dict[str, Choice] = {}
     seen: set[Path] = set()
-    try:
-        best = load(best_record=best_record)
-        choices[f"best: {best.about}"] = best
-        seen.add(Path(read_best(best_record)["checkpoint"]).resolve())
-    except (RecordError, CheckpointError) as e:
-        first_error = e
-        log.warning("Passed over the best record: %s", e)
-    for run in best_per_recipe(log_dir):
-        if Path(run["checkpoint"]).resolve() in seen:
-            continue
-        seen.add(Path(run["checkpoint"]).resolve())
+    errors: list[Exception] = []
+
+    def offer(why: str, checkpoint: str | None, record: str | Path = "") -> None:
         try:
-            choice = load(run["checkpoint"])
-        except CheckpointError as e:  # one unreadable run must not keep the app down
-            log.warning("Skipped %s: %s", run["checkpoint"], e)
-            continue
-        choices[f"{run['recipe']}: {choice.about}"] = choice
+            path = Path(checkpoint or read_best(record)["checkpoint"]).resolve()
+            if path not in seen:
+                choice = load(path)
+                choices[f"{why}: {choice.about}"] = choice
+                seen.add(path)
+        except (RecordError, CheckpointError) as e:  # one bad record must not keep the app down
+            errors.append(e)
+            log.warning("Passed over %s: %s", checkpoint or record, e)
+
+    drawn = best_on_drawings(log_dir)
+    if drawn is not None:
+        n = VAL_PER_STYLE * len(STYLES)
+        score = f"{100 * drawn['val_drawings_acc']:.1f}% of {n} validation drawings"
+        offer(f"best on drawings ({score})", drawn["checkpoint"])
+    offer("best on MNIST validation", None, best_record)
+    for run in best_per_recipe(log_dir):
+        offer(run["recipe"], run["checkpoint"])
     if not choices:
-        raise first_error
+        raise errors[0]
     return choices
 
 

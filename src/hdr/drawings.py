@@ -160,8 +160,8 @@ def mouse(lines: torch.Tensor, canvas: int, rng: np.random.Generator) -> np.ndar
     """The held-out generator: centre lines [168, 168] re-traced as a mouse draws them, as
     [canvas, canvas] ink in [0, 1]. Each pixel of the lines goes through a slant, stretch and
     turn drawn here (not slant()'s), is read at the mouse's coarse rate (snapped to a grid of
-    2-5% of the canvas, each grid point a little off), and neighbouring pixels are joined by
-    straight segments of a round brush 2-7% of the canvas wide."""
+    1.5-3.5% of the canvas, each grid point a little off), and neighbouring pixels are joined
+    by straight segments of a round brush 2-7% of the canvas wide."""
     ys, xs = np.nonzero(lines.numpy())
     if len(xs) == 0:
         return np.zeros((canvas, canvas), np.float32)
@@ -172,16 +172,16 @@ def mouse(lines: torch.Tensor, canvas: int, rng: np.random.Generator) -> np.ndar
         [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
     )
     pts = pts @ matrix.T
-    size = rng.uniform(0.3, 0.75) * canvas  # the digit's 28 px frame, on the canvas
+    size = rng.uniform(0.35, 0.8) * canvas  # the digit's 28 px frame, on the canvas
     pts *= size / lines.shape[-1]
-    span = pts.max(0) - pts.min(0)
-    room = np.maximum(canvas - span, 1)
-    pts += rng.uniform(0, room) - pts.min(0)
-    step = rng.uniform(0.02, 0.05) * canvas
-    cells = np.round(pts / step).astype(int)
-    wobble = rng.normal(0, step / 4, size=(cells.max() + 2, cells.max() + 2, 2))
-    snapped = cells * step + wobble[cells[:, 0], cells[:, 1]]
+    step = rng.uniform(0.015, 0.035) * canvas
     width = max(2, round(rng.uniform(0.02, 0.07) * canvas))
+    margin = width / 2 + step  # the brush and the wobble stay on the canvas
+    span = pts.max(0) - pts.min(0)
+    pts += margin + rng.uniform(0, np.maximum(canvas - span - 2 * margin, 1)) - pts.min(0)
+    cells = np.round(pts / step).astype(int)
+    wobble = rng.normal(0, step / 6, size=(cells.max() + 2, cells.max() + 2, 2))
+    snapped = cells * step + wobble[cells[:, 0], cells[:, 1]]
     picture = Image.new("L", (canvas, canvas), 0)
     pen = ImageDraw.Draw(picture)
     where = {(int(y), int(x)): i for i, (x, y) in enumerate(zip(xs, ys, strict=True))}

@@ -311,17 +311,24 @@ def recipe_of(result: dict[str, Any]) -> str:
     return "student" if name == "seed" else name
 
 
-def best_per_recipe(log_dir: str | Path) -> list[dict[str, Any]]:
-    """The best trusted run of each recipe under log_dir (runs and sweeps), by validation
-    accuracy, best first; each result gets its "recipe" and "dir". Untrusted records
-    (`distrust`: a checkpoint gone or outside its folder, a forged accuracy) are passed
-    over."""
-    candidates: dict[str, list[dict[str, Any]]] = {}
+def trusted_runs(log_dir: str | Path) -> list[dict[str, Any]]:
+    """Every finished run under log_dir (runs and sweeps) whose record passes the cheap
+    checks of `distrust`, each with its "recipe" and "dir"."""
+    runs = []
     for path in Path(log_dir).rglob(RESULT_FILE):
         result = {**(read_result(path.parent) or {}), "dir": str(path.parent)}
         if distrust(result, cheap=True) is None:
-            recipe = recipe_of(result)
-            candidates.setdefault(recipe, []).append({**result, "recipe": recipe})
+            runs.append({**result, "recipe": recipe_of(result)})
+    return runs
+
+
+def best_per_recipe(log_dir: str | Path) -> list[dict[str, Any]]:
+    """The best trusted run of each recipe under log_dir (runs and sweeps), by validation
+    accuracy, best first. Untrusted records (`distrust`: a checkpoint gone or outside its
+    folder, a forged accuracy) are passed over."""
+    candidates: dict[str, list[dict[str, Any]]] = {}
+    for run in trusted_runs(log_dir):
+        candidates.setdefault(run["recipe"], []).append(run)
     best = []
     for runs in candidates.values():  # the expensive check only for the best of each
         best += [
@@ -330,3 +337,12 @@ def best_per_recipe(log_dir: str | Path) -> list[dict[str, Any]]:
             )
         ]
     return sorted((r for r in best if r), key=lambda r: -r["val_acc"])
+
+
+def best_on_drawings(log_dir: str | Path) -> dict[str, Any] | None:
+    """The trusted run under log_dir that reads validation drawings best (val_drawings_acc,
+    hdr.report.DrawingsReport), ties to the better val_acc; None when no record has that
+    score (records from before it existed are passed over, not failed)."""
+    scored = [r for r in trusted_runs(log_dir) if _accuracy(r.get("val_drawings_acc"))]
+    ranked = sorted(scored, key=lambda r: (-r["val_drawings_acc"], -r["val_acc"]))
+    return next((r for r in ranked if distrust(r) is None), None)

@@ -143,15 +143,19 @@ class QualityReport(L.Callback):
 
 
 class DrawingsReport(L.Callback):
-    """After the test: how well the model reads people's drawings (hdr.drawings), logged
-    as `test/drawings_acc` and `test/drawings_acc_<style>`. Made from MNIST test digits with
-    a fixed seed, they measure only: nothing here trains or chooses a model.
+    """After the test: how well the model reads people's drawings (hdr.drawings).
+
+    - `test/drawings_acc` and `test/drawings_acc_<style>`: `per_style` drawings of each style
+      made from MNIST test digits. They measure only.
+    - `val/drawings_acc`: hdr.drawings.VAL_PER_STYLE of each style made from validation
+      digits, the same for every run. It ranks runs for the app (hdr.catalog), as val/acc
+      ranks them for sweeps; no test digit chooses anything.
 
     Making them takes seconds, which each process of a sweep (every SLURM job) would pay:
     they are kept in `cache_dir`, under a name that changes with the code that makes them,
-    and made again when that file is missing or damaged."""
+    and made again when that file is missing or damaged. per_style=0 turns the report off."""
 
-    _made: dict[tuple[int, int], dict] = {}  # the same drawings every run of a process
+    _made: dict[tuple[str, int, int], dict] = {}  # the same drawings every run of a process
 
     def __init__(self, per_style: int = 50, seed: int = 0, cache_dir: str | None = None) -> None:
         self.per_style, self.seed = per_style, seed
@@ -160,26 +164,33 @@ class DrawingsReport(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.per_style < 1 or trainer.sanity_checking:
             return
-        key = (self.per_style, self.seed)
-        if key not in self._made:
-            self._made[key] = self._cached(trainer.datamodule.splits["test"])
-        for style, acc in accuracy(pl_module, self._made[key]).items():
-            name = "test/drawings_acc" + ("" if style == "all" else f"_{style}")
-            pl_module.log(name, acc)
+        splits = trainer.datamodule.splits
+        for style, acc in accuracy(pl_module, self.drawings(splits, "test")).items():
+            pl_module.log("test/drawings_acc" + ("" if style == "all" else f"_{style}"), acc)
+        pl_module.log("val/drawings_acc", accuracy(pl_module, self.drawings(splits, "val"))["all"])
 
-    def _cached(self, test: Any) -> dict:
+    def drawings(self, splits: dict[str, Any], split: str) -> dict:
+        """The drawings made from `split`'s digits: from this process's memory, the cache,
+        or made (and cached)."""
+        per_style = self.per_style if split == "test" else drawings.VAL_PER_STYLE
+        key = (split, per_style, self.seed)
+        if key not in self._made:
+            self._made[key] = self._cached(splits[split], *key)
+        return self._made[key]
+
+    def _cached(self, digits: Any, split: str, per_style: int, seed: int) -> dict:
         path = None
         if self.cache_dir is not None:
             code = "".join(inspect.getsource(m) for m in (drawings, preprocess))
             digest = hashlib.sha256(code.encode()).hexdigest()[:16]
-            path = self.cache_dir / f"drawings-{self.per_style}-{self.seed}-{digest}.pt"
+            path = self.cache_dir / f"drawings-{split}-{per_style}-{seed}-{digest}.pt"
             try:
                 made = torch.load(path, weights_only=True)
                 if set(made) == set(drawings.STYLES):
                     return made
             except Exception:  # missing or damaged: made again, and the file replaced
                 pass
-        made = make_drawings(test.images, test.targets, self.per_style, self.seed)
+        made = make_drawings(digits.images, digits.targets, per_style, seed)
         if path is not None:
             buffer = io.BytesIO()
             torch.save(made, buffer)

@@ -86,6 +86,19 @@ def guard(pad: gr.Sketchpad) -> None:
     pad.preprocess, pad.accept_blobs = bounded_preprocess, bounded_accept_blobs
 
 
+def picture_of(value: dict | np.ndarray) -> np.ndarray:
+    """The picture a Sketchpad value shows: its composite, else its layers over each other
+    (the first non-empty layer's pixels where later ones are transparent), else the array."""
+    if not isinstance(value, dict):
+        return np.asarray(value)
+    if value.get("composite") is not None:
+        return np.asarray(value["composite"])
+    layers = [np.asarray(layer) for layer in value.get("layers") or [] if layer is not None]
+    if not layers:
+        raise ValueError("Draw a digit")
+    return layers[0] if len(layers) == 1 else np.maximum.reduce(layers)
+
+
 def preview(x: torch.Tensor) -> str:
     """The 28x28 input blown up 6x as a PNG file, written once per content and atomically:
     Gradio rewrites its own cached copy of an array in place, and a client fetching it

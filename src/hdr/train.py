@@ -38,6 +38,7 @@ HEADLINE = (
     ("val/acc_best", "val_acc", "Best validation accuracy"),
     ("test/acc", "test_acc", "Test accuracy"),
     ("test/drawings_acc", "drawings_acc", "Drawings read right (hdr.drawings)"),
+    ("val/drawings_acc", "val_drawings_acc", "Validation drawings read right (ranks for the app)"),
 )
 
 
