@@ -7,11 +7,15 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from hydra.core.global_hydra import GlobalHydra
 
 from hdr import corrections as corr
 from hdr.corrections import CorrectionRefused, Corrections
-from hdr.drawings import redraw
+from hdr.drawings import pen_lines, pen_path, place, redraw
 from hdr.preprocess import to_mnist
+from hdr.train import train
+from tests.helpers import run_cli, shrunk_cfg
 
 
 @pytest.fixture
@@ -107,3 +111,90 @@ def test_a_full_disk_refuses_the_correction_and_loses_none_kept(small_disk, draw
     filler.unlink()
     assert [e["label"] for e in Corrections(small_disk / "corrections").entries()] == [9]
     assert Corrections(small_disk / "corrections").dataset()[1].tolist() == [9]
+
+
+def one_persons_style(digits: torch.Tensor, seed: int) -> list[np.ndarray]:
+    """Drawings as one person makes them: always the same thin pen, always leaning hard
+    right; white canvas, black ink."""
+    rng = np.random.default_rng(seed)
+    lean = torch.tensor([[1.0, 0.9, 0.0], [0.0, 1.0, 0.0]])[None]
+    pictures = []
+    for lines in pen_lines(digits):
+        x = pen_path(lines, 8)[None, None]
+        grid = F.affine_grid(lean, list(x.shape), align_corners=False)
+        ink = place(F.grid_sample(x, grid, align_corners=False)[0, 0], 300, 0.7, rng)
+        pictures.append(np.repeat((255 * (1 - ink)).astype(np.uint8)[..., None], 3, 2))
+    return pictures
+
+
+@pytest.mark.slow
+def test_tuning_on_60_corrections_reads_that_style_better_and_mnist_as_well(tmp_path):
+    """A model, 60 corrections in one person's style (from validation digits), 40 new
+    drawings in that style (from test digits): tuned with data.corrections, it reads them
+    better, and MNIST test does not fall by more than 0.1 points."""
+    try:
+        base = train(
+            shrunk_cfg(tmp_path / "base", ["experiment=fast_mlp", "trainer.max_epochs=2"])
+        )[1]
+        val, test = base["datamodule"].splits["val"], base["datamodule"].splits["test"]
+        store = Corrections(tmp_path / "corrections")
+        for i, picture in enumerate(one_persons_style(val.images[:60], seed=0)):
+            keep(store, picture, to_mnist(picture), int(val.targets[i]))
+        new = torch.cat([to_mnist(p) for p in one_persons_style(test.images[:40], seed=1)])
+
+        def scores(model) -> tuple[float, float]:
+            model.eval()
+            with torch.inference_mode():
+                style = (model(new).argmax(-1) == test.targets[:40]).float().mean().item()
+                mnist = (model(test.images).argmax(-1) == test.targets).float().mean().item()
+            return style, mnist
+
+        before = scores(base["model"])
+        GlobalHydra.instance().clear()
+        tuned = train(
+            shrunk_cfg(
+                tmp_path / "tuned",
+                [
+                    "experiment=fast_mlp",
+                    f"init_from={base['result']['checkpoint']}",
+                    f"data.corrections={tmp_path / 'corrections'}",
+                    "data.corrections_share=0.3",
+                    "model.lr=0.001",
+                    "model.scheduler=none",
+                    "trainer.max_epochs=2",
+                ],
+            )
+        )[1]
+        after = scores(tuned["model"])
+    finally:
+        GlobalHydra.instance().clear()
+    print(f"style {before[0]:.3f} -> {after[0]:.3f}, MNIST test {before[1]:.4f} -> {after[1]:.4f}")
+    assert after[0] >= before[0] + 0.1
+    assert after[1] >= before[1] - 0.001
+    # what was trained on: MNIST's 55,000 and the 60 corrections, repeated to 30%
+    assert len(tuned["datamodule"].splits["train"]) == 55_000 + 60 * 393
+    assert len(tuned["datamodule"].splits["val"]) == 5_000  # never validated on
+
+
+@pytest.mark.slow
+def test_app_tuned_fine_tunes_the_best_app_run_on_the_kept_corrections(tmp_path, drawing):
+    tiny = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+    tiny += ["+trainer.limit_test_batches=1", "callbacks.drawings.per_style=0"]
+    missing = run_cli(["experiment=app_tuned", *tiny], tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"Error: No finished experiment=app run under {tmp_path} to start from: train one "
+        "(python -m hdr.train experiment=app), or give init_from=<a .ckpt>."
+    )
+    app = run_cli(["experiment=app", "trainer.max_epochs=1", *tiny], tmp_path)
+    assert app.returncode == 0, app.stderr[-2000:]
+    no_corrections = run_cli(["experiment=app_tuned", *tiny], tmp_path)
+    assert "holds no corrections: keep some in the app" in no_corrections.stderr
+    for i in range(3):
+        keep(tmp_path / "corrections", *drawing(i), i)
+    tuned = run_cli(["experiment=app_tuned", "trainer.max_epochs=1", *tiny], tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    app_ckpt = sorted(tmp_path.glob("train/runs/*/checkpoints/epoch_000.ckpt"))[0]  # the first
+    said = tuned.stdout + tuned.stderr
+    assert f"Starting from the weights of {app_ckpt}" in said
+    assert "Training on 3 corrections from" in said

@@ -48,6 +48,23 @@ def data_dir() -> str:
 OmegaConf.register_new_resolver("hdr.root", lambda: str(ROOT), replace=True)
 OmegaConf.register_new_resolver("hdr.data_dir", data_dir, replace=True)
 OmegaConf.register_new_resolver("hdr.cpu_precision", cpu_precision, replace=True)
+
+
+def best_of(recipe: str, log_dir: str) -> str:
+    """The checkpoint of the best finished run of `recipe` under log_dir (init_from of
+    experiment=app_tuned); ConfigError, saying what to train, when there is none."""
+    from hdr.records import best_per_recipe
+
+    runs = [r for r in best_per_recipe(log_dir) if r["recipe"] == recipe]
+    if not runs:
+        raise ConfigError(
+            f"No finished experiment={recipe} run under {log_dir} to start from: train one "
+            f"(python -m hdr.train experiment={recipe}), or give init_from=<a .ckpt>."
+        )
+    return runs[0]["checkpoint"]
+
+
+OmegaConf.register_new_resolver("hdr.best_of", best_of, replace=True)
 # A run folder's parts by name (records.RunDir): ${hdr.run:${paths.output_dir},checkpoints}
 OmegaConf.register_new_resolver(
     "hdr.run", lambda folder, part: str(getattr(RunDir(Path(folder)), part)), replace=True
@@ -115,6 +132,8 @@ class DataConfig:
     val_size: int = 5000  # taken from the 60k official training images
     split_seed: int = 42  # fixes the train/val split whatever the run's seed
     download: bool = True  # fetch from the mirrors when files are missing
+    corrections: str | None = None  # a folder of corrections from the app (hdr.corrections)
+    corrections_share: float = 0.2  # of the training images, when corrections are mixed in
     mirrors: list[str] | None = None  # <mirror>/<name>.gz, tried in turn; None: torchvision's
     timeout: float = 30.0  # seconds a mirror may stay silent before the next one is tried
 
@@ -125,6 +144,10 @@ class DataConfig:
         val_ok = 0 < self.val_size < 60_000
         require(val_ok, "data.val_size", self.val_size, "take 1 to 59,999 of the 60k images")
         require(self.timeout > 0, "data.timeout", self.timeout, "seconds, > 0")
+        share_ok = 0 < self.corrections_share < 1
+        require(
+            share_ok, "data.corrections_share", self.corrections_share, "give a share in (0, 1)"
+        )
 
 
 # What Hydra composes `model=<net>` and `data=mnist` against: the settings above with their

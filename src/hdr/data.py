@@ -101,6 +101,34 @@ class MNISTDataModule(L.LightningDataModule):
         if key not in _LOADED:
             _LOADED[key] = self._load()
         self.splits = _LOADED[key]
+        if self.hparams.corrections:  # training only: validation and test stay MNIST's
+            train = self._with_corrections(self.splits["train"])
+            self.splits = {**self.splits, "train": train}
+
+    def _with_corrections(self, train: TensorImages) -> TensorImages:
+        """MNIST's training images and the corrections kept in data.corrections, repeated
+        to make data.corrections_share of what an epoch trains on."""
+        from hdr.corrections import Corrections
+
+        folder = self.hparams.corrections
+        images, labels = Corrections(folder).dataset()
+        if not len(labels):
+            raise ConfigError(
+                f"data.corrections={folder} holds no corrections: keep some in the app "
+                "(Wrong? It is a ...), or leave data.corrections unset."
+            )
+        share = self.hparams.corrections_share
+        repeats = max(1, round(share / (1 - share) * len(train) / len(labels)))
+        log.info(
+            "Training on %d corrections from %s, each %d times an epoch",
+            len(labels),
+            folder,
+            repeats,
+        )
+        return TensorImages(
+            torch.cat([train.images, images.repeat(repeats, 1, 1, 1)]),
+            torch.cat([train.targets, labels.repeat(repeats)]),
+        )
 
     def _load(self) -> dict[str, TensorImages]:
         train = MNIST(self.data_dir, train=True, download=False)

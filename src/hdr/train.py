@@ -62,6 +62,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = instantiate(cfg.data)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model)
+    if cfg.get("init_from"):
+        start_from(model, cfg.init_from)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
@@ -106,6 +108,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     result = finish(cfg, trainer, metrics, best, pruned_at, time.perf_counter() - start)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
     return metrics, {"result": result, **objects}
+
+
+def start_from(model: Any, checkpoint: str) -> None:
+    """Fine-tuning: `model` takes the weights of `checkpoint`, whose net must be the same."""
+    from hdr.checkpoint import load_model
+
+    start = load_model(checkpoint)  # checked; CheckpointError says what is wrong
+    if start.hparams.net != model.hparams.net:
+        raise ConfigError(
+            f"init_from={checkpoint} holds a net {start.hparams.net}, this run trains "
+            f"{model.hparams.net}: start from a checkpoint of the same net, or set model.net "
+            "to its net."
+        )
+    model.net.load_state_dict(start.net.state_dict())
+    log.info("Starting from the weights of %s", checkpoint)
 
 
 def finish(
@@ -283,6 +300,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         return run(cfg)
     except (UserError, *user_errors()) as e:  # exit here: Hydra would print its own line first
         sys.exit(f"Error: {e}")
+    except OmegaConfBaseException as e:  # e.g. a resolver that says what is missing
+        sys.exit(f"Error: {one_line(e)}")
 
 
 def main() -> None:
@@ -306,7 +325,13 @@ def main() -> None:
 
 
 def one_line(e: BaseException) -> str:
-    """Hydra's and OmegaConf's messages, less their blank lines and the cause's repeats."""
+    """Hydra's and OmegaConf's messages, less their blank lines and the cause's repeats; a
+    ConfigError raised inside (by a resolver) as it is."""
+    inner: BaseException | None = e
+    while inner is not None:
+        if isinstance(inner, ConfigError):
+            return str(inner)
+        inner = inner.__cause__ or inner.__context__
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     cause = e.__cause__ or e.__context__
     if cause is not None and str(cause) and str(cause).splitlines()[0] not in " ".join(lines):
