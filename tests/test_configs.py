@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from hdr.config import ConfigError, check, compose
-from hdr.train import train
+from hdr.train import one_line, train
 from hdr.utils import instantiate_group
 from tests.helpers import CONF, run_cli
 
@@ -168,3 +169,14 @@ def test_the_config_and_cfg_job_load_no_lightning():
         check=True,
     )
     assert "max_epochs" in run.stdout and "lightning" not in run.stderr
+
+
+def test_app_tuned_without_an_app_run_says_what_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
+    cfg = compose(["experiment=app_tuned"])
+    with pytest.raises(Exception) as raised:
+        OmegaConf.to_container(cfg, resolve=True)
+    assert one_line(raised.value) == (
+        f"No finished experiment=app run under {tmp_path} to start from: train one "
+        "(python -m hdr.train experiment=app), or give init_from=<a .ckpt>."
+    )

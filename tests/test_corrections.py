@@ -15,7 +15,7 @@ from hdr.corrections import CorrectionRefused, Corrections
 from hdr.drawings import pen_lines, pen_path, place, redraw
 from hdr.preprocess import to_mnist
 from hdr.train import train
-from tests.helpers import run_cli, shrunk_cfg
+from tests.helpers import shrunk_cfg
 
 
 @pytest.fixture
@@ -174,27 +174,3 @@ def test_tuning_on_60_corrections_reads_that_style_better_and_mnist_as_well(tmp_
     # what was trained on: MNIST's 55,000 and the 60 corrections, repeated to 30%
     assert len(tuned["datamodule"].splits["train"]) == 55_000 + 60 * 393
     assert len(tuned["datamodule"].splits["val"]) == 5_000  # never validated on
-
-
-@pytest.mark.slow
-def test_app_tuned_fine_tunes_the_best_app_run_on_the_kept_corrections(tmp_path, drawing):
-    tiny = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
-    tiny += ["+trainer.limit_test_batches=1", "callbacks.drawings.per_style=0"]
-    missing = run_cli(["experiment=app_tuned", *tiny], tmp_path)
-    assert missing.returncode == 1
-    assert missing.stderr.strip().splitlines()[-1] == (
-        f"Error: No finished experiment=app run under {tmp_path} to start from: train one "
-        "(python -m hdr.train experiment=app), or give init_from=<a .ckpt>."
-    )
-    app = run_cli(["experiment=app", "trainer.max_epochs=1", *tiny], tmp_path)
-    assert app.returncode == 0, app.stderr[-2000:]
-    no_corrections = run_cli(["experiment=app_tuned", *tiny], tmp_path)
-    assert "holds no corrections: keep some in the app" in no_corrections.stderr
-    for i in range(3):
-        keep(tmp_path / "corrections", *drawing(i), i)
-    tuned = run_cli(["experiment=app_tuned", "trainer.max_epochs=1", *tiny], tmp_path)
-    assert tuned.returncode == 0, tuned.stderr[-2000:]
-    app_ckpt = sorted(tmp_path.glob("train/runs/*/checkpoints/epoch_000.ckpt"))[0]  # the first
-    said = tuned.stdout + tuned.stderr
-    assert f"Starting from the weights of {app_ckpt}" in said
-    assert "Training on 3 corrections from" in said
