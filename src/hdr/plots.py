@@ -5,6 +5,7 @@ sweep much more (docs/performance.md). The same array
 is the PNG in the run folder and the image in TensorBoard.
 """
 
+import functools
 import io
 import logging
 from collections.abc import Mapping, Sequence
@@ -20,10 +21,23 @@ BLUES = ((247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 
 LINES = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
 
 
-def _font(size: int = 12) -> Any:
-    from PIL import ImageFont
+@functools.lru_cache(maxsize=4096)
+def _glyphs(text: str, size: int) -> Any:
+    """`text` in Pillow's own scalable font (nothing to install), rendered once as a mask.
+    Laying out text is most of a figure's cost (0.1 ms a call, 120 calls a confusion matrix,
+    every epoch of every run), and figures repeat most of their labels and counts."""
+    from PIL import Image, ImageDraw, ImageFont
 
-    return ImageFont.load_default(size)  # Pillow's own scalable font: nothing to install
+    font = ImageFont.load_default(size)
+    _, _, right, bottom = font.getbbox(text)
+    mask = Image.new("L", (max(1, right), max(1, bottom)))
+    ImageDraw.Draw(mask).text((0, 0), text, 255, font)
+    return mask
+
+
+def _text(draw: Any, xy: tuple[float, float], text: str, fill: Any, size: int = 12) -> None:
+    """Draw `text` with its top left at `xy`, as ImageDraw.text does."""
+    draw.bitmap((round(xy[0]), round(xy[1])), _glyphs(text, size), fill=fill)
 
 
 def _blue(t: float) -> tuple[int, ...]:
@@ -41,22 +55,22 @@ def confusion_image(matrix: torch.Tensor, title: str, cell: int = 30) -> np.ndar
     from PIL import Image, ImageDraw
 
     m = matrix.cpu().numpy()
-    n, margin, font = m.shape[0], 2 * cell, _font(11)
+    n, margin = m.shape[0], 2 * cell
     image = Image.new("RGB", (margin + n * cell + 10, margin + n * cell + 10), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((margin, 6), title, fill="black", font=_font(13))
-    draw.text((margin, cell - 6), "predicted ->", fill="black", font=font)
-    draw.text((4, margin - 16), "true", fill="black", font=font)
+    _text(draw, (margin, 6), title, "black", 13)
+    _text(draw, (margin, cell - 6), "predicted ->", "black", 11)
+    _text(draw, (4, margin - 16), "true", "black", 11)
     top = max(1, m.max() * 0.25)
     for i in range(n):
-        draw.text((margin - 14, margin + i * cell + cell // 2 - 6), str(i), "black", font)
-        draw.text((margin + i * cell + cell // 2 - 3, margin - 16), str(i), "black", font)
+        _text(draw, (margin - 14, margin + i * cell + cell // 2 - 6), str(i), "black", 11)
+        _text(draw, (margin + i * cell + cell // 2 - 3, margin - 16), str(i), "black", 11)
         for j in range(n):
             x, y = margin + j * cell, margin + i * cell
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=_blue(m[i, j] / top))
             if m[i, j]:
                 text = "white" if m[i, j] > m.max() * 0.15 else "black"
-                draw.text((x + 3, y + cell // 2 - 6), str(int(m[i, j])), text, font)
+                _text(draw, (x + 3, y + cell // 2 - 6), str(int(m[i, j])), text, 11)
     return np.asarray(image)
 
 
@@ -71,12 +85,12 @@ def mistakes_image(
     rows = max(1, -(-len(conf) // cols))
     image = Image.new("RGB", (cols * (side + 10) + 10, top + rows * (side + caption + 8)), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 6), "most confident test mistakes: true -> predicted", "black", _font(13))
+    _text(draw, (10, 6), "most confident test mistakes: true -> predicted", "black", 13)
     pixels = (255 * (1 - x[:, 0].clamp(0, 1))).to(torch.uint8).cpu().numpy()  # dark on white
     for i in range(len(conf)):
         left, upper = 10 + (i % cols) * (side + 10), top + (i // cols) * (side + caption + 8)
         text = f"{int(y[i])} -> {int(pred[i])} ({100 * float(conf[i]):.0f}%)"
-        draw.text((left, upper), text, "black", _font(12))
+        _text(draw, (left, upper), text, "black")
         digit = Image.fromarray(pixels[i]).resize((side, side), Image.Resampling.NEAREST)
         image.paste(digit.convert("RGB"), (left, upper + caption))
     return np.asarray(image)
@@ -118,7 +132,7 @@ def lines_image(
     low = min(values, default=0.0) - 0.5 if low is None else low
     epochs = max((len(v) for v in curves.values()), default=1)
     image = Image.new("RGB", (width, height), "white")
-    draw, font = ImageDraw.Draw(image), _font(12)
+    draw = ImageDraw.Draw(image)
 
     def at(epoch: float, acc: float) -> tuple[float, float]:
         fx = (epoch - 1) / max(1, epochs - 1)
@@ -130,15 +144,15 @@ def lines_image(
     while tick <= high + 1e-9:
         _, py = at(1, tick)
         draw.line((left, py, width - right, py), fill=(230, 230, 230))
-        draw.text((6, py - 7), f"{tick:g}", "black", font)
+        _text(draw, (6, py - 7), f"{tick:g}", "black")
         tick += step
     for epoch in range(1, epochs + 1, max(1, epochs // 10)):
         px, _ = at(epoch, low)
         draw.line((px, top, px, height - bottom), fill=(230, 230, 230))
-        draw.text((px - 4, height - bottom + 6), str(epoch), "black", font)
+        _text(draw, (px - 4, height - bottom + 6), str(epoch), "black")
     draw.rectangle((left, top, width - right, height - bottom), outline="black")
     if legend:
-        draw.text((left + 10, top + 4), legend, "black", font)
+        _text(draw, (left + 10, top + 4), legend, "black")
     for k, (label, series) in enumerate(curves.items()):
         colour = LINES[k % len(LINES)]
         points = [at(e, 100 * v) for e, v in enumerate(series, 1) if low <= 100 * v <= high]
@@ -148,10 +162,10 @@ def lines_image(
             draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=colour)
         y = top + 14 + 16 * (k + bool(legend))
         draw.line((left + 10, y, left + 30, y), colour, 2)
-        draw.text((left + 36, y - 7), str(label), "black", font)
-    draw.text((width // 2 - 60, 6), title, "black", _font(14))
-    draw.text((width // 2 - 20, height - 22), "epoch", "black", font)
-    draw.text((6, top - 24), ylabel, "black", font)
+        _text(draw, (left + 36, y - 7), str(label), "black")
+    _text(draw, (width // 2 - 60, 6), title, "black", 14)
+    _text(draw, (width // 2 - 20, height - 22), "epoch", "black")
+    _text(draw, (6, top - 24), ylabel, "black")
     return np.asarray(image)
 
 
