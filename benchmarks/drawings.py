@@ -20,12 +20,13 @@ trains or chooses a model. Prints the machine and one markdown row per model.
 
 import argparse
 import math
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from hdr.checkpoint import load_model
+from hdr.checkpoint import CheckpointError, load_model
 from hdr.config import data_dir
 from hdr.data import MNISTDataModule
 from hdr.drawings import HELD_OUT, STYLES, make_drawings
@@ -87,6 +88,10 @@ def row(name: str, read, test, made: dict) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
+try:  # every checkpoint checked before the drawings are made
+    models = [load_model(path) for path in args.checkpoints]
+except CheckpointError as e:
+    sys.exit(f"benchmarks/drawings.py: {e}")
 dm = MNISTDataModule(data_dir=args.data_dir, download=False)
 dm.setup()
 test = dm.splits["test"]
@@ -97,10 +102,7 @@ print(f"{args.per_style} drawings per style, made in {time.perf_counter() - star
 header = ["model", "MNIST test", *STYLES, "tuned-on mean", *HELD_OUT, "gap", "ms"]
 print("| " + " | ".join(header) + " |")
 print("| --- |" + " ---: |" * (len(header) - 1))
-models = []
-for path in args.checkpoints:
-    model = load_model(path)
-    models.append(model)
+for path, model in zip(args.checkpoints, models, strict=True):
     net = model.hparams.net
     name = f"{net['name'].upper()} {net.get('channels') or net.get('hidden')} `{path}`"
     print(row(name, reader([model], False), test, drawings), flush=True)
