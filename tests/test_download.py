@@ -72,6 +72,19 @@ def test_good_mirror_gives_verified_files_that_load(tmp_path, mirror):
     assert len(dm.splits["train"]) == 55_000 and len(dm.splits["test"]) == 10_000
 
 
+def test_a_file_damaged_after_it_was_verified_is_caught_next_time(tmp_path, mirror):
+    # Checks are remembered per process (a sweep verifies once), but only for unchanged files.
+    download(tmp_path, [f"{mirror}/good"], timeout=5)
+    verify_raw_files(tmp_path)
+    verify_raw_files(tmp_path)
+    labels = raw_dir(tmp_path) / "t10k-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[-1] = (data[-1] + 1) % 10  # one label changed, the size the same
+    labels.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.*damaged|damaged.*t10k-labels"):
+        verify_raw_files(tmp_path)
+
+
 def test_bad_mirrors_are_skipped_in_turn(tmp_path, mirror):
     bad = [f"{mirror}/{kind}" for kind in ("slow", "truncated", "wrong", "html", "missing")]
     start = time.perf_counter()

@@ -159,6 +159,12 @@ def test_tensorboards_server_serves_every_runs_curves_images_and_hparams(joblib_
             images = http.get(f"{url}/data/plugin/images/tags").json()
             for run in ok_runs:
                 assert {"val/confusion_matrix", "test/confusion_matrix"} <= set(images[run])
+            # The picture itself, as the page shows it (hdr.plots.add_png writes it encoded)
+            params = {"run": ok_runs[0], "tag": "val/confusion_matrix", "sample": 0}
+            shown = http.get(f"{url}/data/plugin/images/images", params=params).json()
+            png = http.get(f"{url}/data/plugin/images/individualImage?{shown[0]['query']}")
+            assert png.headers["content-type"] == "image/png"
+            assert png.content.startswith(b"\x89PNG")
             experiment = http.post(
                 f"{url}/data/plugin/hparams/experiment", json={"experimentName": ""}
             ).json()

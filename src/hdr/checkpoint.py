@@ -6,7 +6,6 @@ shapes are the ones that net has. The net is first built on the meta device, whi
 nothing, so a small file that describes a huge net is refused before it costs memory.
 """
 
-import io
 import os
 import re
 import zipfile
@@ -36,9 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     the previous file under its name, never a truncated one."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options=None) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        write_atomic(path, buffer.getbuffer())
+        write_atomic(path, lambda f: torch.save(checkpoint, f))
 
 
 class LastCheckpoint(ModelCheckpoint):

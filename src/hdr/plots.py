@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from hdr.utils import write_atomic
-
 BLUES = ((247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107))
 LINES = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
 
@@ -174,13 +172,26 @@ def png_of(image: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
+    # zlib's fastest level: a third of the default's time (a run draws a figure each
+    # epoch) for files 9% larger.
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
-def save_png(image: np.ndarray, path: str | Path) -> None:
-    """The picture as a PNG file, written whole or not at all (a full disk keeps the old one)."""
-    write_atomic(path, png_of(image))
+def add_png(writer: Any, tag: str, image: np.ndarray, step: int | None = None) -> bytes:
+    """The picture into a TensorBoard SummaryWriter as an image, encoded once here; returns
+    the PNG. (SummaryWriter.add_image converts to float and encodes again: 7 ms, not 2.)"""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    png = png_of(image)
+    height, width, channels = image.shape
+    picture = Summary.Image(
+        height=height, width=width, colorspace=channels, encoded_image_string=png
+    )
+    # What every SummaryWriter.add_* calls: it reopens a writer Lightning closed after fit.
+    file_writer = writer._get_file_writer()
+    file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
+    return png
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -126,20 +126,21 @@ class QualityReport(L.Callback):
     def _add_figure(self, trainer: L.Trainer, stage: str, matrix: torch.Tensor, epoch: int):
         writer = tensorboard(trainer)
         if writer is not None:
-            from hdr.plots import confusion_image
+            from hdr.plots import add_png, confusion_image
 
             image = confusion_image(matrix, f"{stage} confusion matrix, epoch {epoch}")
-            writer.add_image(f"{stage}/confusion_matrix", image, epoch, dataformats="HWC")
+            add_png(writer, f"{stage}/confusion_matrix", image, epoch)
 
     def _save(self, image, name: str, trainer: L.Trainer | None = None, tag: str = "") -> None:
         """The picture (an RGB array) as a PNG in the run folder, and in TensorBoard."""
-        from hdr.plots import png_of
+        from hdr.plots import add_png, png_of
 
-        write_atomic(self.output_dir / name, png_of(image))
         writer = tensorboard(trainer) if trainer is not None else None
-        if writer is not None:
-            writer.add_image(tag, image, dataformats="HWC")
-            writer.flush()
+        if writer is None:
+            write_atomic(self.output_dir / name, png_of(image))
+            return
+        write_atomic(self.output_dir / name, add_png(writer, tag, image))
+        writer.flush()
 
 
 class DrawingsReport(L.Callback):

@@ -16,7 +16,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
-from hdr.plots import read_scalars, save_png, study_image
+from hdr.plots import add_png, read_scalars, study_image
 from hdr.prune import create_study, study_url
 from hdr.records import RunDir, distrust, read_result, record_best
 from hdr.utils import write_atomic
@@ -141,11 +141,10 @@ def write_study_plot(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path 
         curves[value] = [v for _, v in scalars.get("val/acc", [])]
     image = study_image(curves, key)
     path = Path(sweep_dir) / "val_acc.png"
-    save_png(image, path)
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(Path(sweep_dir) / "study") as writer:
-        writer.add_image(f"study/val_acc_by_{key}", image, dataformats="HWC")
+        write_atomic(path, add_png(writer, f"study/val_acc_by_{key}", image))
     return path
 
 
