@@ -6,9 +6,8 @@ import os
 import platform
 import threading
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -16,19 +15,14 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
-def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], Any]) -> None:
+def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write `data` to `path` whole or not at all: a temporary file, then a rename. A full
-    disk fails the write and leaves what was there before. `data` may be a function that
-    writes into the open file (torch.save: no copy in memory first)."""
+    disk fails the write and leaves what was there before."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with tmp.open("wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
