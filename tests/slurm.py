@@ -126,8 +126,22 @@ def cluster(folder: Path, *extra: str) -> Iterator[dict[str, str]]:
             time.sleep(0.2)
         yield env
     finally:
+        if _alive(folder / "slurmctld.pid"):  # jobs a failed test left running end with it
+            _end_jobs(env)
         for pid in reversed(started):
             _stop(pid)
+
+
+def _end_jobs(env: dict[str, str]) -> None:
+    """Cancel every job of the cluster and wait (15 s at most) until none is left."""
+    mine = ["scancel", "--user", str(os.getuid())]
+    subprocess.run(mine, env=env, capture_output=True, timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        squeue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+        if squeue.returncode or not squeue.stdout.strip():
+            return
+        time.sleep(0.2)
 
 
 def _wait_pid(pid_file: Path) -> int:

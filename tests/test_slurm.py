@@ -129,6 +129,58 @@ def test_a_cancelled_job_is_a_failed_run_then_resumed_and_a_killed_launcher_trai
         assert pids(run) == {json.loads((run / "result.json").read_text())["pid"]}
 
 
+def test_a_run_at_its_time_limit_is_listed_failed_saying_so(slurm, tmp_path):
+    """SLURM warns a job before its time limit with the signal submitit asks for (USR2,
+    hydra.launcher.signal_delay_s ahead); submitit takes it for the time limit when the job
+    is in its last 10 minutes, so with timeout_min=5, always. SLURM checks time limits too
+    coarsely to wait for one here: `scancel --signal=USR2` sends the same signal. The run
+    saves its last.ckpt and is listed failed, saying why. (Further from the limit, submitit
+    takes USR2 for preemption and requeues the job, which resumes from last.ckpt.) A sweep
+    of one run goes as a plain job, not an array: the launcher still waits for it past its
+    grace of GRACE_S."""
+    from hydra_plugins.hdr_slurm_launcher import GRACE_S
+
+    cmd = command(
+        tmp_path,
+        "model.lr=0.01",
+        "trainer.max_epochs=1000",
+        "+trainer.limit_train_batches=2",
+        "callbacks.drawings.per_style=0",
+        "hydra.launcher.timeout_min=5",
+    )
+    proc = launch(cmd, slurm)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if found := re.search(r"SLURM array (\d+): 1 runs", line):
+            job = found[1]
+            break
+    else:
+        pytest.fail("".join(lines)[-3000:])
+    deadline = time.monotonic() + GRACE_S + 5
+    while time.monotonic() < deadline or not list(
+        tmp_path.glob("sweep/0_*/checkpoints/last.ckpt")
+    ):
+        assert proc.poll() is None, "".join(lines)[-3000:]  # still waiting for its job
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job], env=slurm, check=True)
+    out = "".join(lines) + finish(proc)
+    assert "Leaderboard (1 runs, 0 pruned, 1 failed)" in out, out[-3000:]
+    (run,) = tmp_path.glob("sweep/0_*")
+    error = json.loads((run / "result.json").read_text())["error"]
+    assert error.startswith("stopped at its SLURM time limit with its checkpoints/last.ckpt saved")
+    assert "the same sweep command resumes it" in error
+
+
+def test_a_time_limit_that_leaves_a_run_no_time_is_refused(tmp_path):
+    cmd = command(tmp_path, "model.lr=0.01", "hydra.launcher.timeout_min=1")
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR)}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "hydra.launcher.timeout_min=1 leaves a run no time" in run.stderr
+    assert "Give timeout_min above 3, or a smaller signal_delay_s" in run.stderr
+
+
 def test_a_grid_larger_than_max_array_size_goes_in_arrays_under_export_none(slurm, tmp_path):
     """12 runs on a cluster whose arrays hold 5 tasks: three arrays, one after another. The
     jobs get none of the launcher's environment and no HDR_*: the folders are written into

@@ -80,6 +80,20 @@ def nodes(partition: str | None) -> Nodes:
     )
 
 
+def check_time(timeout_min: float | None, signal_delay_s: float) -> None:
+    """Refuse a time limit that leaves a run no time: SLURM warns a job signal_delay_s
+    before its limit (and up to 60 s earlier still), and the run stops then to save its
+    last.ckpt."""
+    if timeout_min is None or timeout_min * 60 > signal_delay_s + 60:
+        return
+    raise SlurmError(
+        f"hydra.launcher.timeout_min={timeout_min:g} leaves a run no time: SLURM warns each "
+        f"job hydra.launcher.signal_delay_s={signal_delay_s:g} s before its time limit, up "
+        "to 60 s earlier still, and the run stops at the warning to save its last.ckpt. "
+        f"Give timeout_min above {(signal_delay_s + 60) / 60:g}, or a smaller signal_delay_s."
+    )
+
+
 def check_fits(partition: str | None, cpus: int, mem_gb: float, gpus: int) -> Nodes:
     """Refuse, naming both sides, a task that no node of the partition could ever run."""
     have = nodes(partition)
@@ -96,7 +110,7 @@ def check_fits(partition: str | None, cpus: int, mem_gb: float, gpus: int) -> No
 def states(array_id: str) -> dict[str, tuple[str, str]]:
     """The state and reason of each task of a job array, by job id ("123_4"), as long as
     SLURM remembers them (MinJobAge after they end). A pending range ("123_[5-9%2]") is
-    listed task by task."""
+    listed task by task. submitit sends an array of one run as a plain job: "123"."""
     try:
         out = _call("scontrol", "-o", "show", "job", array_id)
     except SlurmError:  # forgotten (purged after MinJobAge) or not yet known
@@ -104,9 +118,12 @@ def states(array_id: str) -> dict[str, tuple[str, str]]:
     found = {}
     for line in out.splitlines():
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        task, state = fields.get("ArrayTaskId", ""), fields.get("JobState", "UNKNOWN")
-        for index in _indices(task):
-            found[f"{array_id}_{index}"] = (state, fields.get("Reason", "None"))
+        task, state = fields.get("ArrayTaskId"), fields.get("JobState", "UNKNOWN")
+        reason = fields.get("Reason", "None")
+        if task is None:
+            found[fields.get("JobId", array_id)] = (state, reason)
+        for index in _indices(task or ""):
+            found[f"{array_id}_{index}"] = (state, reason)
     return found
 
 

@@ -270,10 +270,16 @@ def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
         metrics, objects = train(cfg)
     except (Exception, SIGTERMException) as e:
         reason = disk_full(e) or f"{type(e).__name__}: {e}"
+        saved = RunDir(out).last.relative_to(out)
         if isinstance(e, SIGTERMException):  # SLURM's scancel, time limit or preemption
             reason = (
                 "stopped by SIGTERM (cancelled, timed out or preempted) with its "
-                f"{RunDir(out).last.relative_to(out)} saved: the same sweep command resumes it"
+                f"{saved} saved: the same sweep command resumes it"
+            )
+        if type(e).__name__ == "UncompletedJobError":  # submitit, at SLURM's time warning
+            reason = (
+                f"stopped at its SLURM time limit with its {saved} saved: the same sweep "
+                "command resumes it (hydra.launcher.timeout_min gives runs more time)"
             )
         try:
             write_result(out, status="failed", error=reason, overrides=task_overrides())

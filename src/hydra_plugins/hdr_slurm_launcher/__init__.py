@@ -43,6 +43,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             params.get("partition") or "(default)",
         )
         try:
+            slurm.check_time(params.get("timeout_min"), params.get("signal_delay_s") or 0)
             slurm.check_fits(
                 params.get("partition"),
                 params.get("cpus_per_task") or 1,
