@@ -57,6 +57,16 @@ def launch(cmd: list[str], env: dict, **kw) -> subprocess.Popen:
     )
 
 
+def submitted(proc: subprocess.Popen, runs: int) -> tuple[str, list[str]]:
+    """The id of the array the launcher submitted, from its own words, and its lines so far."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if found := re.search(rf"SLURM array (\d+): {runs} runs", line):
+            return found[1], lines
+    pytest.fail("".join(lines)[-3000:])
+
+
 def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
@@ -88,14 +98,7 @@ def test_a_cancelled_job_is_a_failed_run_then_resumed_and_a_killed_launcher_trai
     )
     first = launch(cmd, slurm)
     sweep = tmp_path / "sweep"
-    lines = []
-    for line in first.stdout:  # the array's id, from the launcher's own words
-        lines.append(line)
-        if found := re.search(r"SLURM array (\d+): 3 runs", line):
-            array = found[1]
-            break
-    else:
-        pytest.fail("".join(lines)[-3000:])
+    array, lines = submitted(first, runs=3)
     deadline = time.monotonic() + 300
     while not list(sweep.glob("0_*/checkpoints/last.ckpt")):  # run #0 has done an epoch
         assert time.monotonic() < deadline and first.poll() is None, "".join(lines)[-3000:]
@@ -149,14 +152,7 @@ def test_a_run_at_its_time_limit_is_listed_failed_saying_so(slurm, tmp_path):
         "hydra.launcher.timeout_min=5",
     )
     proc = launch(cmd, slurm)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if found := re.search(r"SLURM array (\d+): 1 runs", line):
-            job = found[1]
-            break
-    else:
-        pytest.fail("".join(lines)[-3000:])
+    job, lines = submitted(proc, runs=1)
     deadline = time.monotonic() + GRACE_S + 5
     while time.monotonic() < deadline or not list(
         tmp_path.glob("sweep/0_*/checkpoints/last.ckpt")
