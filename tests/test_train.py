@@ -172,6 +172,17 @@ def test_fast_dev_run_goes_through_every_stage(make_cfg):
     assert {"train/acc", "val/acc", "test/acc"} <= metrics.keys()
 
 
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_a_net_in_another_precision_reads_float32_pixels(make_cfg, precision):
+    # The drawings report and the app feed float32 pixels to whatever net was trained: a
+    # double or bf16 net once stopped the run at its test with a dtype error.
+    metrics, objects = train(make_cfg(["debug=fdr", f"trainer.precision={precision}"]))
+    assert 0 <= metrics["test/drawings_acc"] <= 1 and 0 <= metrics["test/acc"] <= 1
+    model = objects["model"]
+    assert model.dtype != torch.float32
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_runs_garbage_is_collected_though_the_imports_are_frozen(make_cfg):
     # train() hides the process's imports from the garbage collector (gc.freeze): a run's
     # own objects, cycles and all, must still be freed, or a long sweep would grow a run's

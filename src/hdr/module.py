@@ -47,6 +47,9 @@ class DigitClassifier(L.LightningModule):
         """x: [N, 1, 28, 28] pixels in [0, 1], white digit on black, as MNIST."""
         # Standardising here, not in the data, keeps the choice in the checkpoint: whoever
         # loads it (the app too) feeds plain [0, 1] pixels.
+        # Pixels come as float32 (MNIST, drawings, the app); a net trained in another
+        # precision (trainer.precision=64-true, bf16-true) reads them in its own.
+        x = x.to(self.dtype)
         if self.hparams.standardize:
             x = (x - MNIST_MEAN) / MNIST_STD
         if self.hparams.channels_last:
