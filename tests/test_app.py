@@ -52,6 +52,14 @@ def test_missing_record_says_what_to_run_and_where_it_looked(tmp_path, monkeypat
         load_model("nothing.ckpt")
 
 
+def test_the_app_without_a_model_says_so_once_and_exits(tmp_path):
+    env = {**os.environ, "HDR_LOG_DIR": str(tmp_path)}
+    cmd = [sys.executable, str(ROOT / "app" / "app.py")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.count("No model recorded yet") == 1, done.stderr
+
+
 def test_the_record_is_the_checkouts_whatever_folder_the_app_starts_in(tmp_path, monkeypatch):
     monkeypatch.delenv("HDR_LOG_DIR", raising=False)
     monkeypatch.chdir(tmp_path)

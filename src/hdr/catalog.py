@@ -50,7 +50,7 @@ def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
     passed over, with one line, for the others; RecordError only when there is no model."""
     choices: dict[str, Choice] = {}
     seen: set[Path] = set()
-    errors: list[Exception] = []
+    errors: list[tuple[str, Exception]] = []
 
     def offer(why: str, checkpoint: str | None, record: str | Path = "") -> None:
         try:
@@ -60,8 +60,7 @@ def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
                 choices[f"{why}: {choice.about}"] = choice
                 seen.add(path)
         except (RecordError, CheckpointError) as e:  # one bad record must not keep the app down
-            errors.append(e)
-            log.warning("Passed over %s: %s", checkpoint or record, e)
+            errors.append((str(checkpoint or record), e))
 
     drawn = best_on_drawings(log_dir)
     if drawn is not None:
@@ -71,8 +70,10 @@ def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
     offer("best on MNIST validation", None, best_record)
     for run in best_per_recipe(log_dir):
         offer(run["recipe"], run["checkpoint"])
-    if not choices:
-        raise errors[0]
+    if not choices:  # the first reason alone: the command prints it as its error
+        raise errors[0][1]
+    for what, e in errors:
+        log.warning("Passed over %s: %s", what, e)
     return choices
 
 
