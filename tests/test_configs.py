@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -126,16 +127,31 @@ def test_wrong_types_and_typos_fail_as_hydra_composes(make_cfg, override, words)
     assert words in f"{err.value}\n{err.value.__cause__}"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_trainer_gpu_without_a_gpu_is_refused_saying_what_to_use(make_cfg):
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU here: train on the CPU with"):
+        train(make_cfg(["trainer=gpu"]))
+
+
 @pytest.mark.slow
-def test_cli_reports_a_bad_value_in_one_line_without_a_trace(tmp_path):
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.lr=-1", "Error: model.lr=-1.0 is not allowed"),
+        # one Lightning refuses: its reason, without Hydra's own line before it
+        ("trainer.devices=0", "Error: Error in call to target 'lightning.pytorch.trainer"),
+    ],
+)
+def test_cli_reports_a_bad_value_in_one_line_without_a_trace(tmp_path, override, words):
     run = subprocess.run(
-        [sys.executable, "-m", "hdr.train", "model.lr=-1", f"paths.log_dir={tmp_path}"],
+        [sys.executable, "-m", "hdr.train", override, f"paths.log_dir={tmp_path}"],
         capture_output=True,
         text=True,
     )
     assert run.returncode == 1
-    assert "Error: model.lr=-1.0 is not allowed" in run.stderr
-    assert "Traceback" not in run.stderr
+    assert words in run.stderr
+    errors = [line for line in run.stderr.splitlines() if "Error" in line]
+    assert "Traceback" not in run.stderr and len(errors) == 1, run.stderr
 
 
 @pytest.mark.slow

@@ -238,6 +238,12 @@ def check(cfg: DictConfig) -> None:
     )
     rule = "a run must train: a count >= 1, or a share in (0, 1]"
     require(ok, "trainer.limit_train_batches", limit, rule)
+    accelerator = str(cfg.trainer.get("accelerator"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        rule = "torch sees no CUDA GPU here: train on the CPU with trainer=cpu (the default)"
+        require(torch.cuda.is_available(), "trainer.accelerator", accelerator, rule)
     if not cfg.get("train"):
         rule = "train=false tests a checkpoint: give ckpt_path=PATH, or leave train on"
         require(cfg.get("ckpt_path"), "train", False, rule)

@@ -314,7 +314,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         return run(cfg)
     except (UserError, *user_errors()) as e:  # exit here: Hydra would print its own line first
         sys.exit(f"Error: {e}")
-    except OmegaConfBaseException as e:  # e.g. a resolver that says what is missing
+    except (HydraException, OmegaConfBaseException) as e:  # e.g. a Trainer setting it refuses
         sys.exit(f"Error: {one_line(e)}")
 
 
