@@ -14,10 +14,9 @@ This shared VM's speed drifts by up to 20% from one minute to the next, more tha
 itself, so the two commands run in `--repeat` back-to-back pairs, in turns (sweep first, then
 plain first, ...: a steady drift favours neither), and the headline is the median of the
 pairs' ratios: each ratio compares two commands of the same minute. The count is even, so
-each order weighs the same: on a 2-core AMD EPYC the sweep ran about 10% slower right after
-the plain loop than before it (pairs read 1.09-1.12 sweep first, 1.21-1.22 plain first), and
-an odd count would lean to one order. Each order's median is printed too, and the fastest of
-each (which may come from minutes apart) and the CPU seconds.
+each order weighs the same, and each order's median is printed too (docs/performance.md: one
+run split by order, the next did not). So are the fastest of each (which may come from
+minutes apart) and the CPU seconds.
 The sweeps share one temporary log folder, as a person's sweeps share outputs/: the first
 makes the drawings report's drawings (about 2 s) and keeps them in its .cache/, and the later
 ones read them, as every sweep after a person's first does. outputs/ stays untouched.
