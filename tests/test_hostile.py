@@ -40,6 +40,9 @@ QUICK = [
 ]
 
 
+CLI = [sys.executable, "-m", "hdr.train", "+trainer.enable_progress_bar=false"]
+
+
 def one_line(run: subprocess.CompletedProcess) -> str:
     """The command failed with exit 1 and one `Error: ...` line, no stack trace; that line."""
     assert run.returncode == 1, (run.returncode, run.stderr[-3000:])
@@ -260,6 +263,12 @@ def test_the_cli_answers_bad_input_in_one_line(tmp_path, args, env, words):
         ("optimized_metric=test/acc", "never by the test set"),
         ("model.net.hidden=[2000000]", "use fewer or smaller layers"),
         ("model.net.hidden=[0]", "give one or more positive sizes, e.g. [1400]"),
+        ("model=cnn model.net.convs=20000", "model.net.convs=20000 is not allowed: at most 16"),
+        ("data.corrections_share=0.99", "corrections are at most half of an epoch"),
+        ("torch_threads=100000", "torch_threads=100000 is not allowed"),
+        ("model.scheduler=onecycle trainer.max_epochs=-1", "its schedule needs a known length"),
+        ("+foo=1", "foo is not a key of the config"),
+        ("+sed=1", "did you mean seed?"),
     ],
 )
 def test_values_that_train_nothing_or_cannot_fit_are_refused_first(make_cfg, override, words):
@@ -371,6 +380,26 @@ def _resave(source: Path, target: Path, change) -> Path:
         (lambda c: c["hyper_parameters"]["net"].update(activation="gelu"), "unknown activation"),
         (lambda c: c["hyper_parameters"].update(colour="red"), "unknown keys ['colour']"),
         (lambda c: c["hyper_parameters"]["net"].update(hidden=[3_000_000]), "do not fit the net"),
+        (lambda c: c["hyper_parameters"].update(num_classes=10**6), "do not fit the net"),
+        (
+            lambda c: c["hyper_parameters"].update(net={"name": "cnn", "convs": 200_000}),
+            "at most 16",
+        ),
+        (
+            lambda c: c["state_dict"].update({"net.1.bias": torch.zeros(1400, dtype=torch.long)}),
+            "net.1.bias (torch.int64)",
+        ),
+        (
+            lambda c: c["state_dict"].update(
+                {"net.1.bias": torch.zeros(1400, dtype=torch.complex64)}
+            ),
+            "net.1.bias (torch.complex64)",
+        ),
+        (
+            lambda c: c["hyper_parameters"].update(lr="abc"),
+            "'abc' of type 'str' could not be converted to Float (model.lr)",
+        ),
+        (lambda c: c["hyper_parameters"].update(lr=-1.0), "model.lr=-1.0 is not allowed"),
     ],
     ids=[
         "state-int",
@@ -381,6 +410,12 @@ def _resave(source: Path, target: Path, change) -> Path:
         "gelu",
         "extra-hparam",
         "huge-net",
+        "num-classes-1e6",
+        "convs-200000",
+        "int64",
+        "complex64",
+        "lr-abc",
+        "lr-negative",
     ],
 )
 def test_crafted_checkpoints_are_named_not_traced(tmp_path, trained_checkpoint, change, words):
@@ -415,7 +450,30 @@ def _inflating(source: Path, target: Path, mb: int) -> Path:
     return target
 
 
-# One process reads a good checkpoint, then the bad ones: its peak memory after each.
+def _expanded(source: Path, target: Path) -> Path:
+    """The checkpoint at `source` describing a 3,000,000-neuron MLP whose weights (9.4 GB
+    read whole) are stride-0 views of one float each: a file of a few kB."""
+    ckpt = torch.load(source, weights_only=True)
+    ckpt["hyper_parameters"]["net"]["hidden"] = [3_000_000]
+    shapes = {"net.1.weight": (3_000_000, 784), "net.1.bias": (3_000_000,)}
+    shapes |= {"net.3.weight": (10, 3_000_000), "net.3.bias": (10,)}
+    ckpt["state_dict"] = {k: torch.zeros(1).expand(*shape) for k, shape in shapes.items()}
+    ckpt["optimizer_states"] = []
+    torch.save(ckpt, target)
+    return target
+
+
+def memory_limit(gb: float):
+    """For Popen's preexec_fn: the child may allocate at most `gb` GB (its data segment and
+    private mappings; an address-space limit would refuse torch's shared libraries)."""
+    import resource
+
+    size = int(gb * 2**30)
+    return lambda: resource.setrlimit(resource.RLIMIT_DATA, (size, size))
+
+
+# One process reads a good checkpoint, then the bad ones, under a 2 GB memory limit: its
+# answer to each, and its peak memory after each.
 READ_EACH = """
 import resource, sys
 from hdr.checkpoint import CheckpointError, load_model
@@ -440,19 +498,56 @@ def test_small_checkpoints_that_would_use_up_memory_are_refused_first(
         tmp_path / "huge.ckpt",
         lambda c: c["hyper_parameters"]["net"].update(hidden=[3_000_000]),  # 9 GB to build
     )
-    files = [str(p) for p in (trained_checkpoint, inflating, huge)]
+    expanded = _expanded(trained_checkpoint, tmp_path / "expanded.ckpt")
+    assert expanded.stat().st_size < 100_000
+    classes = _resave(  # a 5.6 GB head
+        trained_checkpoint,
+        tmp_path / "classes.ckpt",
+        lambda c: c["hyper_parameters"].update(num_classes=10**6),
+    )
+    files = [str(p) for p in (trained_checkpoint, inflating, huge, expanded, classes)]
     run = subprocess.run(
         [sys.executable, "-c", READ_EACH, *files],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+        preexec_fn=memory_limit(2),
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    lines = run.stdout.splitlines()
-    assert lines[0].startswith("read") and "unpack to" in lines[2] and "do not fit" in lines[4]
-    good, *bad = (float(ln.split()[-1]) for ln in lines if ln.startswith("peak MB"))
-    assert max(bad) < good + 150, (good, bad)  # neither the 256 MB nor the 9 GB was made
+    said = [ln for ln in run.stdout.splitlines() if not ln.startswith("peak MB")]
+    assert said[0].startswith("read") and "unpack to" in said[1] and "do not fit" in said[2]
+    assert "a view of 2,352,000,000 elements" in said[3] and "do not fit" in said[4]
+    good, *bad = (
+        float(ln.split()[-1]) for ln in run.stdout.splitlines() if ln.startswith("peak MB")
+    )
+    assert max(bad) < good + 150, (good, bad)  # none of the 256 MB, 9 GB or 5.6 GB was made
+
+
+@pytest.mark.slow
+def test_a_stride_0_checkpoint_gets_one_line_from_every_way_in_under_2_gb(
+    tmp_path, trained_checkpoint
+):
+    expanded = _expanded(trained_checkpoint, tmp_path / "expanded.ckpt")
+    ways = {
+        "app": [sys.executable, "app/app.py", "--checkpoint", str(expanded)],
+        "resume": [*CLI, *QUICK, f"ckpt_path={expanded}"],
+        "test": [*CLI, *QUICK, "train=false", f"ckpt_path={expanded}"],
+    }
+    env = {**os.environ, "HDR_LOG_DIR": str(tmp_path)}
+    for way, command in ways.items():
+        run = subprocess.run(
+            command,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=memory_limit(2),
+        )
+        said = run.stderr.strip().splitlines()[-1]
+        assert run.returncode == 1 and "Traceback" not in run.stderr, (way, run.stderr[-2000:])
+        assert "a view of 2,352,000,000 elements" in said, (way, said)
 
 
 @pytest.mark.slow

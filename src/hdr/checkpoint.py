@@ -1,9 +1,12 @@
 """Reading checkpoints as data only (weights_only: no pickled code runs), with clear errors.
 
-A checkpoint is trusted only once it is checked: a zip of the size it claims (no entry that
-inflates), a state dict of tensors, a net description that builds, and weights whose names and
-shapes are the ones that net has. The net is first built on the meta device, which allocates
-nothing, so a small file that describes a huge net is refused before it costs memory.
+A checkpoint is trusted only once it is checked, by arithmetic before anything is built: a
+zip of the size it claims (no entry that inflates; torch refuses a storage larger than its
+entry), a state dict of floating-point tensors none of which views more elements than its
+storage holds (a stride-0 view of a few bytes would otherwise become gigabytes when read),
+settings the config objects allow, and weights whose names and shapes are the ones that net
+has. The net is built on the meta device, which allocates nothing, and its config bounds its
+depth, so a small file that describes a huge net is refused before it costs memory or time.
 """
 
 import io
@@ -17,7 +20,10 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from hdr.checks import ConfigError
 from hdr.config import ModelConfig
 from hdr.models import NETS, build_net
 from hdr.module import DigitClassifier
@@ -121,18 +127,33 @@ def _check_container(path: Path) -> None:
 
 
 def _check_contents(path: Path, ckpt: dict[str, Any]) -> None:
-    """The model description builds, and the weights are the ones it describes, finite."""
+    """The weights are floating-point tensors no larger than their storage, the settings are
+    allowed, the net they describe has these weights' shapes, and they are finite."""
     hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
     ours = f"{path} is not a checkpoint hdr.train wrote"
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in state.items()
     ):
         raise CheckpointError(f"{ours}: its state_dict is not a set of named tensors.")
+    odd = [f"{k} ({t.dtype})" for k, t in state.items() if not t.is_floating_point()]
+    odd += [f"{k} (a view of {t.numel():,} elements)" for k, t in state.items() if _inflated(t)]
+    if odd:
+        raise CheckpointError(
+            f"{ours}: weights hdr.train never writes, {', '.join(odd[:3])}: its weights are "
+            "dense floating-point tensors."
+        )
     known = {"net", "num_classes", *_DEFAULTS}
     unknown = sorted(set(map(str, hparams)) - known)
     if unknown:
         raise CheckpointError(f"{ours}: its hyper_parameters hold unknown keys {unknown}.")
-    expected = {f"net.{k}": tuple(t.shape) for k, t in meta_net(hparams["net"], path).items()}
+    settings = {k: v for k, v in hparams.items() if k not in ("net", "num_classes")}
+    try:  # the same checks as a run's config: types by OmegaConf, values by ModelConfig
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), settings))
+    except (ConfigError, OmegaConfBaseException) as e:
+        key = f" (model.{e.full_key})" if getattr(e, "full_key", None) else ""
+        raise CheckpointError(f"{ours}: {str(e).splitlines()[0].rstrip('.')}{key}.") from None
+    net = meta_net(hparams["net"], path, hparams.get("num_classes", 10))
+    expected = {f"net.{k}": tuple(t.shape) for k, t in net.items()}
     found = {k: tuple(t.shape) for k, t in state.items() if k.startswith("net.")}
     if expected != found:
         wrong = sorted(set(expected.items()) ^ set(found.items()))[:3]
@@ -140,7 +161,7 @@ def _check_contents(path: Path, ckpt: dict[str, Any]) -> None:
             f"{ours}: its weights do not fit the net it describes ({hparams['net']}); "
             f"first differences: {wrong}."
         )
-    broken = [k for k, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+    broken = [k for k, t in state.items() if not t.isfinite().all()]
     if broken:
         raise CheckpointError(
             f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}): the run that "
@@ -148,7 +169,14 @@ def _check_contents(path: Path, ckpt: dict[str, Any]) -> None:
         )
 
 
-def meta_net(net: Any, path: str | Path) -> dict[str, torch.Tensor]:
+def _inflated(t: torch.Tensor) -> bool:
+    """Whether `t` views more elements than its storage holds (stride 0, overlaps): reading
+    it whole would cost more memory than the file gave it."""
+    held = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+    return t.numel() * t.element_size() > held
+
+
+def meta_net(net: Any, path: str | Path, num_classes: Any = 10) -> dict[str, torch.Tensor]:
     """The state dict of the net `net` describes, built on the meta device (no memory)."""
     if not isinstance(net, dict) or net.get("name") not in NETS:
         raise CheckpointError(
@@ -157,7 +185,7 @@ def meta_net(net: Any, path: str | Path) -> dict[str, torch.Tensor]:
         )
     try:
         with torch.device("meta"):
-            return build_net(**net).state_dict()
+            return build_net(**net, num_classes=num_classes).state_dict()
     except Exception as e:  # a keyword the net does not take, a value of the wrong kind
         raise CheckpointError(
             f"{path} describes a net hdr cannot build ({net}): {type(e).__name__}: "
@@ -190,6 +218,13 @@ def check_resumable(
     record: it is then tested and recorded). Returns its global step, and whether it is
     finished."""
     ckpt = read_checkpoint(path)
+    state = (ckpt.get("loops"), ckpt.get("epoch"), ckpt.get("global_step"))
+    if not (isinstance(state[0], dict) and all(type(n) is int and n >= 0 for n in state[1:])):
+        raise CheckpointError(
+            f"ckpt_path={path} holds no whole training state (loops, epoch, global_step) to "
+            f"resume from: test it with train=false ckpt_path={path}, or start a run from its "
+            "weights with init_from=PATH."
+        )
     saved = ckpt["hyper_parameters"]
     for key in RESUMED_FROM_CHECKPOINT:
         # Nets compare by what they build: a description may leave defaults out.

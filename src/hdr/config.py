@@ -9,6 +9,7 @@ fails there, naming the key); `check(cfg)` builds every config object, whose che
 which value is not allowed and why, before anything is built.
 """
 
+import difflib
 import math
 import os
 from collections.abc import Sequence
@@ -133,7 +134,7 @@ class DataConfig:
     split_seed: int = 42  # fixes the train/val split whatever the run's seed
     download: bool = True  # fetch from the mirrors when files are missing
     corrections: str | None = None  # a folder of corrections from the app (hdr.corrections)
-    corrections_share: float = 0.2  # of the training images, when corrections are mixed in
+    corrections_share: float = 0.2  # of an epoch's images, when corrections are mixed in
     mirrors: list[str] | None = None  # <mirror>/<name>.gz, tried in turn; None: torchvision's
     timeout: float = 30.0  # seconds a mirror may stay silent before the next one is tried
 
@@ -144,10 +145,11 @@ class DataConfig:
         val_ok = 0 < self.val_size < 60_000
         require(val_ok, "data.val_size", self.val_size, "take 1 to 59,999 of the 60k images")
         require(self.timeout > 0, "data.timeout", self.timeout, "seconds, > 0")
-        share_ok = 0 < self.corrections_share < 1
-        require(
-            share_ok, "data.corrections_share", self.corrections_share, "give a share in (0, 1)"
-        )
+        # At most half: an epoch then trains on at most twice MNIST's images, however few
+        # corrections there are (0.99 of one correction was 5.4 million copies, 17 GB).
+        share_ok = 0 < self.corrections_share <= 0.5
+        rule = "give a share in (0, 0.5]: corrections are at most half of an epoch"
+        require(share_ok, "data.corrections_share", self.corrections_share, rule)
 
 
 # What Hydra composes `model=<net>` and `data=mnist` against: the settings above with their
@@ -217,9 +219,25 @@ TRAINER_INTS = {
 PRUNERS = ("none", "median", "halving")  # sweep.prune; hdr.prune builds each
 
 
+def root_keys() -> set[str]:
+    """The keys the root of the config may hold: conf/train.yaml's own, and its groups'."""
+    own = set(OmegaConf.load(Path(CONF_DIR) / "train.yaml")) - {"defaults"}
+    return own | {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()}
+
+
 def check(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first key that is not allowed: every key of `data` and
-    `model`, the trainer's counts, torch_threads and the sweep settings."""
+    """Raise ConfigError naming the first key that is not allowed: the root's keys, every
+    key of `data` and `model`, the trainer's counts, torch_threads and the sweep settings."""
+    known = root_keys()
+    for key in cfg:
+        if key not in known:  # `+lr=0.1` for model.lr: Hydra adds any key a + asks for
+            near = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise ConfigError(
+                f"{key} is not a key of the config: {hint}The root takes "
+                f"{', '.join(sorted(known))}; a group's key is set with its group, e.g. "
+                "model.lr=0.001."
+            )
     for group in ("data", "model"):
         _no_unknown_keys(cfg[group], group)
         OmegaConf.to_object(cfg[group])  # builds the config objects: their checks run
@@ -238,6 +256,11 @@ def check(cfg: DictConfig) -> None:
     )
     rule = "a run must train: a count >= 1, or a share in (0, 1]"
     require(ok, "trainer.limit_train_batches", limit, rule)
+    endless = all(cfg.trainer.get(k, -1) in (None, -1) for k in ("max_epochs", "max_steps"))
+    rule = "its schedule needs a known length: set trainer.max_epochs (or max_steps)"
+    require(
+        cfg.model.scheduler == "none" or not endless, "model.scheduler", cfg.model.scheduler, rule
+    )
     accelerator = str(cfg.trainer.get("accelerator"))
     if accelerator in ("gpu", "cuda"):
         import torch
@@ -255,9 +278,10 @@ def check(cfg: DictConfig) -> None:
     rule = "sweeps choose by validation, never by the test set: use val/acc_best"
     require(not metric.startswith("test/"), "optimized_metric", metric, rule)
     _net_fits(OmegaConf.to_container(cfg.model.net))
-    threads = cfg.get("torch_threads")
-    ok = threads in (None, "auto") or (type(threads) is int and threads >= 1)
-    require(ok, "torch_threads", threads, "auto, or a whole number >= 1 of threads per run")
+    threads, cores = cfg.get("torch_threads"), os.cpu_count() or 1
+    ok = threads in (None, "auto") or (type(threads) is int and 1 <= threads <= cores)
+    rule = f"auto, or a whole number of threads per run, 1 to {cores} (this machine's cores)"
+    require(ok, "torch_threads", threads, rule)
     if "sweep" in cfg:
         choice("sweep.prune", cfg.sweep.prune, PRUNERS)
 

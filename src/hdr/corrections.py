@@ -6,22 +6,29 @@ The folder (paths.corrections_dir, outputs/corrections/ by default):
     drawings/<id>.28.png  the 28x28 the model read
     corrections.jsonl     one line a correction, {"id", "label", "model", "time"}; appended,
                           never rewritten
-<id> is a hash of the drawing's pixels, so the same drawing sent again is the same entry.
+<id> is a hash of the drawing's shape and pixels, so the same drawing sent again is the same
+entry; its latest label wins everywhere (the reply, `entries`, training).
 The pictures are written whole (a temporary file, then a rename) before their line is
 appended in one write: a full disk, a kill or a torn line loses that correction at most,
-never one already kept. Reading skips a damaged line or picture with one warning, and folds
-repeats (the latest label of a drawing wins). Names inside the folder come from hashes,
-never from a request, so nothing outside it is written or read through it.
+never one already kept. Reading is bounded (a line's length, a picture's size) and skips a
+damaged line or picture with one warning. Names inside the folder come from hashes, never
+from a request, so nothing outside it is written or read through it.
+
+Who sent a correction is the app's client address (a hash of it is kept): each client is
+paced, and holds at most MAX_SHARE of the folder, so no one client can fill it or outvote
+the others' labels.
 """
 
+import errno
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +45,9 @@ INDEX = "corrections.jsonl"
 MIN_GAP = 2.0  # seconds between one client's tries: drawing a digit takes longer, a burst less
 MAX_PER_HOUR = 120  # one client's corrections kept an hour
 MAX_KEPT = 20_000  # corrections a folder holds; then train on them and start a new one
+MAX_SHARE = MAX_KEPT // 20  # corrections one client may have in the folder
 MAX_PNG = 4 << 20  # bytes of one drawing's PNG
+MAX_LINE = 1024  # bytes of one line of the index; a correction's line is about 130
 
 
 class CorrectionRefused(ValueError):
@@ -72,52 +81,66 @@ class Corrections:
         self.folder = Path(folder)
         self._lock = threading.Lock()
         self._kept: dict[str, deque] = defaultdict(deque)  # per client: when, this hour
-        self._tried: dict[str, float] = {}  # per client: the last try, kept or refused
-        self._known = {(e["id"], e["label"]) for e in self.entries(warn=False)}
+        self._last: dict[str, float] = {}  # per client: when its last correction was kept
+        entries = self.entries(warn=False)
+        self._labels = {e["id"]: e["label"] for e in entries}  # the latest label of each
+        self._share = Counter(e.get("client") for e in entries)  # corrections per client
 
     def add(
         self, picture: np.ndarray, seen: torch.Tensor, label: Any, model: str, client: str
     ) -> str:
         """Keep `picture` (as sent) and `seen` ([1, 1, 28, 28], what the model read) as a
-        `label`. Returns what to tell the person; CorrectionRefused when nothing was kept."""
-        with self._lock:
-            self._pace(client)
+        `label` from `client` (its address). Returns what to tell the person;
+        CorrectionRefused when nothing was kept."""
         digit = label_of(label)
         original = png(picture)
         if len(original) > MAX_PNG:
             raise CorrectionRefused("This drawing is too large to keep: draw on the page's pad.")
-        key = hashlib.sha256(np.ascontiguousarray(picture).tobytes()).hexdigest()[:24]
+        picture = np.ascontiguousarray(picture)
+        shape = f"{picture.shape} {picture.dtype}".encode()
+        key = hashlib.sha256(shape + picture.tobytes()).hexdigest()[:24]
+        who = hashlib.sha256(f"hdr-client {client}".encode()).hexdigest()[:16]
         with self._lock:
-            if (key, digit) in self._known:
+            if self._labels.get(key) == digit:
                 return f"Already kept: this drawing as a {digit}."
-            if len(self._known) >= MAX_KEPT:
+            self._pace(who)
+            if len(self._labels) >= MAX_KEPT:
                 raise CorrectionRefused(
                     f"{self.folder} holds {MAX_KEPT} corrections, its limit: train on them "
                     "(experiment=app_tuned), then move the folder aside to start a new one."
                 )
-            entry = {"id": key, "label": digit, "model": model, "time": time.time()}
+            entry = {"id": key, "label": digit, "model": model, "time": time.time(), "client": who}
             try:
                 write_atomic(self.folder / "drawings" / f"{key}.png", original)
                 small = (255 * seen[0, 0].clamp(0, 1)).round().to(torch.uint8).numpy()
                 write_atomic(self.folder / "drawings" / f"{key}.28.png", png(small))
                 self._append(json.dumps(entry))
             except OSError as e:
+                full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+                fix = (
+                    f"free some disk space in {self.folder}"
+                    if full
+                    else f"make {self.folder} writable (or point paths.corrections_dir at a "
+                    "folder that is)"
+                )
                 raise CorrectionRefused(
-                    f"Could not keep the correction ({e.strerror or e}): free some disk space "
-                    f"in {self.folder} and send it again. Every correction kept before is safe."
+                    f"Could not keep the correction ({e.strerror or e}): {fix}, and send it "
+                    "again. Every correction kept before is safe."
                 ) from None
-            self._known.add((key, digit))
-            self._kept[client].append(time.monotonic())
+            self._labels[key] = digit
+            self._share[who] += 1
+            self._kept[who].append(time.monotonic())
+            self._last[who] = time.monotonic()
         return f"Kept: this drawing is a {digit}. Thank you: the next model learns from it."
 
     def _pace(self, client: str) -> None:
-        """Refuse a try that comes within MIN_GAP of the client's last one (each try counts,
-        kept or refused, so a burst is refused whole), or past MAX_PER_HOUR kept."""
+        """Refuse a correction within MIN_GAP of the client's last kept one, past
+        MAX_PER_HOUR kept this hour, or past its MAX_SHARE of the folder. Only kept ones
+        count, so two people behind one address, each at a person's pace, both get through."""
         now = time.monotonic()
-        last, self._tried[client] = self._tried.get(client), now
-        if len(self._tried) > 10_000:  # forget clients quiet for an hour
-            self._tried = {c: t for c, t in self._tried.items() if now - t < 3600}
-        if last is not None and now - last < MIN_GAP:
+        if len(self._last) > 10_000:  # forget clients quiet for an hour
+            self._last = {c: t for c, t in self._last.items() if now - t < 3600}
+        if now - self._last.get(client, -math.inf) < MIN_GAP:
             raise CorrectionRefused(
                 f"Too fast: one correction every {MIN_GAP:.0f} seconds, please. Nothing was kept."
             )
@@ -127,6 +150,11 @@ class Corrections:
         if len(kept) >= MAX_PER_HOUR:
             raise CorrectionRefused(
                 f"{MAX_PER_HOUR} corrections this hour from you: thank you, that is the limit."
+            )
+        if self._share[client] >= MAX_SHARE:
+            raise CorrectionRefused(
+                f"{MAX_SHARE} of the corrections in this folder are yours, one client's share "
+                "of it: thank you, no more are kept from you."
             )
 
     def _append(self, line: str) -> None:
@@ -152,11 +180,13 @@ class Corrections:
         damaged = 0
         for line in index.read_bytes().splitlines():
             try:
+                if len(line) > MAX_LINE:  # no correction is this long: never parsed
+                    raise ValueError("too long")
                 entry = json.loads(line)
                 label_of(entry["label"])
                 if not (isinstance(entry["id"], str) and entry["id"].isalnum()):
                     raise ValueError(entry["id"])
-            except (ValueError, KeyError, TypeError, CorrectionRefused):
+            except (ValueError, KeyError, TypeError, RecursionError, CorrectionRefused):
                 damaged += line.strip() != b""
                 continue
             latest.pop(entry["id"], None)  # re-inserted: ordered by its latest correction
@@ -173,10 +203,10 @@ class Corrections:
         for entry in self.entries():
             try:
                 with Image.open(self.folder / "drawings" / f"{entry['id']}.28.png") as im:
+                    if im.size != (SIZE, SIZE):  # told from the header, nothing decoded
+                        raise ValueError(im.size)
                     a = np.asarray(im.convert("L"), np.float32) / 255
-                if a.shape != (SIZE, SIZE):
-                    raise ValueError(a.shape)
-            except (OSError, ValueError):
+            except (OSError, ValueError, Image.DecompressionBombError):
                 bad += 1
                 continue
             images.append(torch.from_numpy(a)[None])

@@ -18,6 +18,9 @@ from torch import nn
 from hdr.checks import fraction, ints, positive_ints, require
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+# Plain stacks deeper than this (no residual connections) do not train; the bound also keeps
+# a checkpoint's or an override's description from costing minutes to build, even on meta.
+MAX_DEPTH = 16
 
 
 @dataclass
@@ -30,6 +33,10 @@ class MLPConfig:
     def __post_init__(self) -> None:
         require(self.name == "mlp", "model.net.name", self.name, "use model=cnn for a CNN")
         positive_ints("model.net.hidden", self.hidden, "[1400]")
+        deep = f"at most {MAX_DEPTH} hidden layers: deeper plain MLPs do not train"
+        require(
+            len(self.hidden) <= MAX_DEPTH, "model.net.hidden", f"{len(self.hidden)} layers", deep
+        )
         known = ", ".join(ACTIVATIONS)
         rule = f"choose one of {known}; it is an unknown activation"
         require(self.activation in ACTIVATIONS, "model.net.activation", self.activation, rule)
@@ -67,6 +74,9 @@ class CNNConfig:
             f"{shrink}; use fewer blocks or more padding",
         )
         require(ints(self.convs, blocks, 1), "model.net.convs", self.convs, f"{per_block}, >= 1")
+        per = self.convs if isinstance(self.convs, list) else [self.convs]
+        deep = f"at most {MAX_DEPTH} a block: deeper plain stacks do not train"
+        require(max(per) <= MAX_DEPTH, "model.net.convs", self.convs, deep)
         require(self.hidden >= 1, "model.net.hidden", self.hidden, "must be >= 1")
         fraction("model.net.dropout", self.dropout)
 
