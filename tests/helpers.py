@@ -58,6 +58,13 @@ def write_pictures(folder: Path, rgba: np.ndarray) -> dict[str, Path]:
     for name, im in good.items():
         im.save(folder / name)
         paths[name] = folder / name
+    # Ink as a palette's transparent entry on opaque paper: its colours tell which is which.
+    ink = paper.point(lambda v: 1 if v < 128 else 0).convert("P")
+    ink.putpalette([255, 255, 255, 0, 0, 0])
+    ink.save(folder / "ink-transparent.png", transparency=1)
+    paths["ink-transparent.png"] = folder / "ink-transparent.png"
+    paper.convert("RGB").save(folder / "digit.eps")  # PostScript: Pillow would run Ghostscript
+    (folder / "eps-named.png").write_bytes((folder / "digit.eps").read_bytes())
     nan = np.asarray(paper, np.float32) / 255
     nan[: nan.shape[0] // 3] = np.nan  # a band of NaN over the paper above the digit
     nan[-5:, -5:] = np.inf
@@ -68,7 +75,16 @@ def write_pictures(folder: Path, rgba: np.ndarray) -> dict[str, Path]:
     (folder / "notes.png").write_text("a shopping list, not a picture")
     data = (folder / "grey.png").read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 2])
-    for name in ("nan.tif", "white.png", "black.png", "wide.png", "notes.png", "cut.png"):
+    for name in (
+        "nan.tif",
+        "white.png",
+        "black.png",
+        "wide.png",
+        "notes.png",
+        "cut.png",
+        "digit.eps",
+        "eps-named.png",
+    ):
         paths[name] = folder / name
     return paths
 
@@ -85,6 +101,8 @@ BAD_PICTURES = {  # what `to_mnist(read_picture(...))` says to each
     "black.png": "Draw a digit",
     "huge.png": "far too large to read: send a picture at most 4096 px a side",
     "wide.png": "is 5000x100 pixels: send a picture at most 4096 px a side",
-    "notes.png": "is not a picture: send a PNG or JPEG",
+    "notes.png": "is not a picture hdr reads: send a PNG, JPEG, BMP, GIF, WebP or TIFF",
     "cut.png": "is damaged and cannot be decoded",
+    "digit.eps": "is not a picture hdr reads: send a PNG, JPEG, BMP, GIF, WebP or TIFF",
+    "eps-named.png": "is not a picture hdr reads: send a PNG, JPEG, BMP, GIF, WebP or TIFF",
 }

@@ -1,5 +1,7 @@
 """MNIST-style preprocessing: any canvas, any position, any stroke -> the same 28x28 digit."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,21 @@ def test_pictures_in_any_mode_become_the_same_digit(pictures):
 def test_bad_pictures_get_a_message(pictures, name):
     with pytest.raises(ValueError, match=BAD_PICTURES[name]):
         to_mnist(read_picture(pictures[name]))
+
+
+def test_an_eps_upload_is_refused_and_runs_no_ghostscript(pictures, tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    ran = tmp_path / "gs-ran"
+    fake = tmp_path / "bin" / "gs"  # where Ghostscript is installed, Pillow calls it for EPS
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {ran}\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # looked up again, finding ours
+    for name in ("digit.eps", "eps-named.png"):
+        with pytest.raises(ValueError, match="is not a picture hdr reads"):
+            read_picture(pictures[name])
+        with pytest.raises(ValueError, match="is not a picture hdr reads"):
+            read_picture(pictures[name].read_bytes())
+    assert not ran.exists()

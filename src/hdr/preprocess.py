@@ -20,6 +20,9 @@ SIZE = 28
 MIN_INK = 0.2  # a pixel darker than this (0 = paper, 1 = full ink) counts as drawn
 MAX_SIDE = 4096  # uploads larger than this many pixels a side are refused, not decoded
 MIN_STRONG = 0.3  # the least share of a digit's inked pixels that is strong ink (> 0.5)
+# The formats a picture may be in, told by Pillow from the file's first bytes. No other
+# decoder runs on an upload: EPS, for one, hands the file to Ghostscript.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 
 
 class BlankDrawing(ValueError):
@@ -82,9 +85,13 @@ def ink(image: Any) -> np.ndarray:
             else colour[..., 0]
         )
         alpha = a[..., -1] if channels in (2, 4) else None
-    if alpha is not None and alpha.min() < 1:
-        # A sketchpad: strokes on a transparent layer, whatever their colour; alpha is the ink.
-        return alpha
+    if alpha is not None:
+        edge = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
+        if np.median(edge) < 0.5:
+            # A sketchpad: strokes on transparent paper, whatever their colour; alpha is the
+            # ink. Where the paper is opaque (a palette PNG whose ink is its transparent
+            # entry), the colours tell ink from paper, as below.
+            return alpha
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     paper = np.median(border)
     x, paper = (1 - grey, 1 - paper) if paper > 0.5 else (grey, paper)
@@ -152,13 +159,16 @@ def read_picture(source: str | Path | bytes, name: str | None = None) -> np.ndar
         # Pillow only warns below 2x its pixel limit; refuse such a bomb before decoding it.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(source)
+            im = Image.open(source, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(
             f"{name} is far too large to read: send a picture at most {MAX_SIDE} px a side."
         ) from None
     except UnidentifiedImageError:
-        raise ValueError(f"{name} is not a picture: send a PNG or JPEG of one digit.") from None
+        raise ValueError(
+            f"{name} is not a picture hdr reads: send a PNG, JPEG, BMP, GIF, WebP or TIFF of "
+            "one digit."
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:  # Pillow reports broken data as any
         raise ValueError(f"{name} {DAMAGED} ({type(e).__name__}).") from None
     with im:
