@@ -1,13 +1,25 @@
 """Draw a digit, see what the model thinks: `python app/app.py [--checkpoint PATH]`."""
 
 import argparse
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
-import numpy as np
-import torch
+# The app's own temporary folder (mkdtemp: a new name, mode 0700), removed at exit, for
+# Gradio's cache and the previews. Set before Gradio is imported, which reads it once: a
+# fixed name in the shared temp folder may be a link someone planted, written through.
+if not os.environ.get("GRADIO_TEMP_DIR"):
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="hdr-app-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from hdr.catalog import Choice, load, recorded, to_compare
 from hdr.checkpoint import CheckpointError
@@ -16,7 +28,17 @@ from hdr.corrections import Corrections
 from hdr.module import DigitClassifier
 from hdr.preprocess import BlankDrawing, read_picture, to_mnist
 from hdr.records import RecordError
-from hdr.sketchpad import DELETE_CACHE, MAX_UPLOAD, PICK_BRUSH, decode, guard, picture_of, preview
+from hdr.sketchpad import (
+    DELETE_CACHE,
+    MAX_UPLOAD,
+    PICK_BRUSH,
+    ClientBudget,
+    answer_malformed,
+    decode,
+    guard,
+    picture_of,
+    preview,
+)
 
 APP_RECIPE = "experiment=app"  # the recipe to train for the best reading of drawings
 
@@ -99,9 +121,9 @@ def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
         if image is None:
             return "Draw a digit, then choose what it is."
         try:
-            return corrections.add(
-                picture_of(image), to_mnist(image), digit, label, client=request.client.host
-            )
+            seen = to_mnist(image)  # first: it reads the drawing as /predict does, or says why
+            client = request.client.host  # the socket's peer, or what a trusted proxy says
+            return corrections.add(picture_of(image), seen, digit, label, client=client)
         except ValueError as e:  # refused (the limits), blank, or not a drawing
             return str(e)
 
@@ -158,6 +180,7 @@ def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
         upload.upload(predict_picture, [upload, chosen], [label, seen], api_name="picture")
         clear.click(None, js=PICK_BRUSH)
         demo.load(None, js=PICK_BRUSH)
+    answer_malformed(demo)
     # Two requests at a time: one's I/O overlaps the other's compute (benchmarks/app_load.py,
     # docs/app.md).
     return demo.queue(default_concurrency_limit=2)
@@ -168,7 +191,16 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a .ckpt; default: the recorded models, best first")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve your network")
     parser.add_argument("--port", type=port, default=7860)
+    parser.add_argument(
+        "--trusted-proxy",
+        default=os.environ.get("HDR_TRUSTED_PROXIES", ""),
+        help="addresses of proxies whose X-Forwarded-For names the client (comma-separated; "
+        "env HDR_TRUSTED_PROXIES); default none: a client is the address it connects from",
+    )
     args = parser.parse_args()
+    # uvicorn believes X-Forwarded-For from these alone (its own default trusts 127.0.0.1,
+    # so any local client could pose as a new person at each request).
+    os.environ["FORWARDED_ALLOW_IPS"] = args.trusted_proxy
     try:
         if args.checkpoint:
             choice = load_model(args.checkpoint)
@@ -179,7 +211,10 @@ def main() -> None:
         sys.exit(str(e))
     try:
         build(choices, Corrections(compose().paths.corrections_dir)).launch(
-            server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD
+            server_name=args.host,
+            server_port=args.port,
+            max_file_size=MAX_UPLOAD,
+            app_kwargs={"middleware": [Middleware(ClientBudget)]},
         )
     except (OSError, ValueError) as e:  # a port in use, a host that is no address here
         sys.exit(

@@ -499,7 +499,7 @@ def test_api_hostile_corrections_get_a_message_and_write_nothing(
         "Kept"
     )
     kept = files()
-    # 1,000 at once, each within 2 s of the last try: each gets its message. Sent as a
+    # 1,000 at once: each gets its message. Sent as a
     # script would: the drawing uploaded once, then 1,000 calls from 10 threads.
     with httpx.Client(timeout=60) as http:
         with pictures["sketch.png"].open("rb") as f:
@@ -511,10 +511,14 @@ def test_api_hostile_corrections_get_a_message_and_write_nothing(
             event = http.post(f"{server}gradio_api/call/correct", json=body).json()["event_id"]
             return http.get(f"{server}gradio_api/call/correct/{event}").text
 
+        started = time.monotonic()
         with ThreadPoolExecutor(10) as pool:
             streams = list(pool.map(call, range(1000)))
+        seconds = time.monotonic() - started
     answers = [json.loads(s.rsplit("data:", 1)[1])[0] for s in streams]
-    assert all(a.startswith("Too fast") for a in answers), {a[:80] for a in answers}
+    # One kept every 2 s at most (as a 5: a new label), the rest refused or already kept.
+    assert sum(a.startswith("Kept") for a in answers) <= 1 + seconds / 2, seconds
+    assert all(a.startswith(("Kept", "Too fast", "Already kept")) for a in answers)
     assert files() == kept
     assert len(kept) == len(before) + 2 + (not before)  # the one kept: 2 pictures (+ index)
 

@@ -62,16 +62,29 @@ def quick_run(folder: Path, *overrides: str) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def app_server(trained_checkpoint, tmp_path_factory):
-    """python app/app.py as a user starts it, its caches in a tmp folder; yields its url, its
-    process and where its stderr goes."""
+    """python app/app.py as a user starts it, in a temp folder where links were planted
+    under the names an app might use (hdr-app-previews, gradio) and a fake Ghostscript
+    stands first on PATH; yields its url, its process and where its stderr goes."""
     tmp = tmp_path_factory.mktemp("app")
+    for name in ("hdr-app-previews", "gradio"):
+        victim = tmp / f"victim-{name}"
+        victim.mkdir()
+        for i in range(300):
+            (victim / f"{i:03d}.png").write_bytes(b"someone else's picture")
+        (tmp / name).symlink_to(victim)
+    fake_gs = tmp / "bin" / "gs"  # logs any call: no upload may run Ghostscript
+    fake_gs.parent.mkdir()
+    fake_gs.write_text(f'#!/bin/sh\necho "$@" >> {tmp / "gs-ran"}\nexit 1\n')
+    fake_gs.chmod(0o755)
     port = free_port()
     env = {
         **os.environ,
-        "GRADIO_TEMP_DIR": str(tmp / "gradio"),
         "TMPDIR": str(tmp),
+        "HDR_LOG_DIR": str(tmp / "logs"),
+        "PATH": f"{fake_gs.parent}:{os.environ['PATH']}",
         "PYTHONUNBUFFERED": "1",
     }
+    env.pop("GRADIO_TEMP_DIR", None)
     log = (tmp / "server.log").open("w")
     server = subprocess.Popen(
         [
@@ -179,7 +192,7 @@ def test_the_app_bounds_its_disk_use(tmp_path, monkeypatch, trained_checkpoint):
     import app.app as app
     from hdr import sketchpad
 
-    monkeypatch.setattr(sketchpad, "PREVIEWS", tmp_path / "previews")
+    monkeypatch.setattr(sketchpad, "previews", lambda: tmp_path / "previews")
     for i in range(sketchpad.MAX_PREVIEWS + 40):  # distinct drawings, each its own preview
         x = torch.zeros(1, 1, 28, 28)
         x.view(-1)[i % 784] = 1
@@ -329,13 +342,28 @@ def test_a_finished_or_broken_checkpoint_is_not_resumed(finished_run, tmp_path):
         quick_run(tmp_path / "nan", f"ckpt_path={tmp_path / 'nan.ckpt'}", "trainer.max_epochs=2")
     with pytest.raises(CheckpointError, match="No checkpoint at"):
         quick_run(tmp_path / "gone", f"ckpt_path={tmp_path / 'gone.ckpt'}", "trainer.max_epochs=2")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")  # once a RuntimeError's trace
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    with pytest.raises(CheckpointError, match="No checkpoint at"):
+        quick_run(tmp_path / "loop", f"ckpt_path={tmp_path / 'loop1'}", "trainer.max_epochs=2")
+    with pytest.raises(ConfigError, match="ckpt_path='' is not allowed"):  # Lightning's trace
+        quick_run(tmp_path / "empty", "ckpt_path=''", "trainer.max_epochs=2")
+    # No training state to resume (KeyError and ValueError traces before): one message.
+    for name, change in [
+        ("no-loops", lambda c: (c.pop("loops"), c.update(epoch="abc"))),
+        ("step-abc", lambda c: c.update(global_step="abc")),
+    ]:
+        odd = _resave(copy, tmp_path / f"{name}.ckpt", change)
+        with pytest.raises(CheckpointError, match="holds no whole training state"):
+            quick_run(tmp_path / name, f"ckpt_path={odd}", "trainer.max_epochs=2")
     # 5: the learning rate lives in the optimizer's saved state: a new one would be ignored.
     with pytest.raises(CheckpointError, match="model.lr=0.01, this run has model.lr=0.5"):
         quick_run(tmp_path / "lr", f"ckpt_path={copy}", "trainer.max_epochs=2", "model.lr=0.5")
     # Trained on from a copy, it reports its own folder's best checkpoint, not the original's.
     _, objects = quick_run(tmp_path / "on", f"ckpt_path={copy}", "trainer.max_epochs=2")
     assert objects["trainer"].global_step == 8
-    assert Path(objects["result"]["checkpoint"]).parent == tmp_path / "on" / "checkpoints"
+    assert objects["result"]["checkpoint"].startswith("checkpoints/")  # relative to its folder
+    assert (tmp_path / "on" / objects["result"]["checkpoint"]).is_file()
 
 
 @pytest.mark.slow
@@ -791,6 +819,13 @@ def test_a_read_only_or_full_disk_keeps_what_was_written_and_the_same_command_re
     subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     full = run_cli(args, tmp_path)
     assert "The disk is full" in one_line(full) and "run the same command again" in full.stderr
+    # A run in a folder of its own (named by the time it started) must be told its folder.
+    unnamed = run_cli([*args[:-1], f"paths.log_dir={small_disk / 'logs'}"], tmp_path)
+    said = one_line(unnamed)
+    folder = said.split("hydra.run.dir=")[1].split(":")[0]
+    assert (
+        "The disk is full" in said and Path(folder).parent.parent == small_disk / "logs" / "train"
+    )
     checkpoints = list((small_disk / "run" / "checkpoints").iterdir())
     assert checkpoints and not [p for p in checkpoints if p.name.endswith(".tmp")]
     for ckpt in checkpoints:  # whole, each of them: no truncated file under a real name
@@ -854,3 +889,203 @@ def test_out_of_range_accuracies_in_the_best_record_are_not_trusted(tmp_path):
     (tmp_path / "best.json").write_text('{"checkpoint": "x.ckpt", "val_acc": 2.5}')
     with pytest.raises(RecordError, match=r"a val_acc in \[0, 1\]"):
         read_best(tmp_path / "best.json")
+
+
+# Issue 41: records that move, locks that hold, folders where files belong -------------------
+
+
+@pytest.mark.slow
+def test_a_moved_sweep_lists_and_resumes_its_runs_and_odd_folders_cost_no_run(tmp_path):
+    first = tmp_path / "first"
+    sweep = ["-m", *QUICK, "seed=7,8"]
+    assert run_cli([*sweep, f"hydra.sweep.dir={first}"], tmp_path).returncode == 0
+    ran = {r["overrides"]: r for r in csv.DictReader((first / "leaderboard.csv").open())}
+
+    moved = tmp_path / "moved"  # moved: the second run killed after its last epoch
+    shutil.copytree(first, moved)
+    shutil.rmtree(first)
+    (second,) = moved.glob("1_*")
+    (second / "result.json").unlink()
+    again = run_cli([*sweep, f"hydra.sweep.dir={moved}"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    said = again.stdout + again.stderr
+    assert "Finished before (ok" in said and "Resuming from" in said
+    rows = {r["overrides"]: r for r in csv.DictReader((moved / "leaderboard.csv").open())}
+    for overrides, row in rows.items():  # once "record not trusted", and a NaN val_acc
+        assert row["status"] == "ok" and row["val_acc"] == ran[overrides]["val_acc"], row
+        assert Path(row["checkpoint"]).parent == Path(row["dir"]) / "checkpoints"
+
+    # A value holding '=' (this run's folder) must be quoted: the error says how.
+    quote = run_cli([f"ckpt_path={second / 'checkpoints' / 'last.ckpt'}"], tmp_path)
+    assert "must be quoted: 'ckpt_path=\"" in one_line(quote)
+
+    # A folder where the run's lock file belongs fails that run only; one where the
+    # leaderboard belongs ends the sweep in one line, its runs kept.
+    (second / "result.json").unlink()
+    (second / ".claim").unlink()
+    (second / ".claim").mkdir()
+    (moved / "leaderboard.csv").unlink()
+    (moved / "leaderboard.csv").mkdir()
+    odd = run_cli([*sweep, f"hydra.sweep.dir={moved}"], tmp_path)
+    assert "the sweep's runs are kept" in one_line(odd)
+    failed = json.loads((second / "result.json").read_text())
+    assert failed["status"] == "failed" and ".claim cannot be opened as a file" in failed["error"]
+
+
+def test_runs_recorded_at_once_leave_the_best_of_them_recorded(tmp_path, trained_checkpoint):
+    import threading
+
+    from hdr.records import record_best
+
+    rows = []
+    for i in range(8):
+        folder = tmp_path / f"run{i}"
+        (folder / "checkpoints").mkdir(parents=True)
+        os.link(trained_checkpoint, folder / "checkpoints" / "best.ckpt")
+        rows.append({"status": "ok", "val_acc": 0.9 + i / 100, "dir": str(folder)})
+        rows[-1]["checkpoint"] = "checkpoints/best.ckpt"
+    for attempt in range(4):
+        record = tmp_path / f"best{attempt}.json"
+        start = threading.Barrier(len(rows))
+
+        def end(row, record=record, start=start):
+            start.wait()
+            record_best([row], record)
+
+        threads = [threading.Thread(target=end, args=(r,)) for r in reversed(rows)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert read_best(record)["val_acc"] == 0.97, attempt
+
+
+# Issue 41: the app over HTTP, as a hostile client would use it ------------------------------
+
+
+def upload(http: httpx.Client, url: str, path: Path) -> dict:
+    with path.open("rb") as f:
+        done = http.post(f"{url}gradio_api/upload", files={"files": f}).raise_for_status()
+    return {"path": done.json()[0], "meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.mark.slow
+def test_the_app_writes_only_in_its_own_folder_and_runs_no_ghostscript(
+    app_server, tmp_path, mnist
+):
+    url, server, log = app_server
+    tmp = Path(log).parent
+    Image.fromarray(redraw(mnist.splits["test"].images[0], 400, 0.6, "centre", True)).save(
+        tmp_path / "7.png"
+    )
+    Image.fromarray(np.full((60, 40), 255, np.uint8)).convert("RGB").save(tmp_path / "x.eps")
+    with httpx.Client(timeout=120) as http:
+        drawing = {
+            "background": None,
+            "layers": [],
+            "composite": upload(http, url, tmp_path / "7.png"),
+        }
+        kind, data = call(http, url, "predict", drawing)
+        assert kind == "complete" and json.loads(data)[0]["label"] == "7", data
+        assert http.get(json.loads(data)[1]["url"]).status_code == 200  # its preview
+        shutil.copy(tmp_path / "x.eps", tmp_path / "x.png")
+        for name in ("x.eps", "x.png"):  # an EPS, under its name or a PNG's
+            kind, data = call(http, url, "picture", upload(http, url, tmp_path / name))
+            # .eps: Gradio's file_types refuses its name; the same bytes as .png reach us
+            assert "is not a picture hdr reads" in data or "Invalid file type" in data, data
+        # Malformed values: one message back, no trace in the log
+        kind, data = call(http, url, "predict", {"layers": "nonsense", "composite": 3})
+        assert kind == "error" and "does not hold what /predict takes" in data, data
+    for name in ("hdr-app-previews", "gradio"):  # the planted links: nothing done through them
+        assert sorted(p.name for p in (tmp / f"victim-{name}").iterdir()) == [
+            f"{i:03d}.png" for i in range(300)
+        ]
+    assert not (tmp / "gs-ran").exists()
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_client_is_its_address_whatever_it_says_and_the_latest_label_wins(
+    app_server, tmp_path, mnist
+):
+    url, server, log = app_server
+    corrections = Path(log).parent / "logs" / "corrections"
+    digits = mnist.splits["val"].images
+    with httpx.Client(timeout=120) as http:
+        drawings = []
+        for i in range(6):
+            Image.fromarray(redraw(digits[i], 300, 0.6, "centre", True)).save(
+                tmp_path / f"{i}.png"
+            )
+            drawings.append(
+                {
+                    "background": None,
+                    "layers": [],
+                    "composite": upload(http, url, tmp_path / f"{i}.png"),
+                }
+            )
+
+        def correct(drawing, digit, forwarded="") -> str:
+            headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+            body = {"data": [drawing, digit]}
+            event = http.post(f"{url}gradio_api/call/correct", json=body, headers=headers)
+            stream = http.get(f"{url}gradio_api/call/correct/{event.json()['event_id']}").text
+            return json.loads(stream.rsplit("data:", 1)[1])[0]
+
+        # Five at once, each claiming to be a new person: one client, one kept.
+        answers = [correct(d, "3", f"203.0.113.{i}") for i, d in enumerate(drawings[1:])]
+        assert sum(a.startswith("Kept") for a in answers) <= 1, answers
+        # The same drawing corrected 7, then 3, then 7: a 7 in the reply, the record, training.
+        for digit in "737":
+            time.sleep(2.1)
+            said = correct(drawings[0], digit)
+        assert said.startswith("Kept: this drawing is a 7"), said
+    from hdr.corrections import Corrections
+
+    store = Corrections(corrections)
+    assert [e["label"] for e in store.entries()][-1] == 7
+    assert store.dataset()[1].tolist()[-1] == 7
+
+
+@pytest.mark.slow
+def test_the_app_stays_small_after_256_blob_uploads_of_19_mb(app_server, tmp_path):
+    url, server, log = app_server
+    blob = os.urandom(19 << 20)
+    with httpx.Client(timeout=120) as http:
+        config = http.get(f"{url}config").json()
+        (pad,) = [
+            c["id"] for c in config["components"] if c["type"] in ("sketchpad", "imageeditor")
+        ]
+        statuses = []
+        for i in range(256):
+            fields = {
+                "component_id": str(pad),
+                "session_hash": "hostile",
+                "fn_name": "accept_blobs",
+                "type": "layer",
+                "index": "0",
+                "id": f"blob{i}",
+            }
+            try:
+                answer = http.post(
+                    f"{url}gradio_api/component_server", data=fields, files={"blob": ("b", blob)}
+                )
+                statuses.append(answer.status_code)
+            except httpx.TransportError:  # refused before the body was read: the socket closed
+                statuses.append("closed")
+    rss = (
+        int(
+            next(
+                ln
+                for ln in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                if ln.startswith("VmRSS")
+            ).split()[1]
+        )
+        / 1024
+    )
+    print(
+        f"app RSS after 256 blob uploads of 19 MB: {rss:.0f} MB; answers {set(map(str, statuses))}"
+    )
+    assert rss < 1536
+    assert statuses.count(200) <= 4 and 429 in statuses
+    assert server.poll() is None

@@ -49,7 +49,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomic(path, buffer.getbuffer())
 
 
-class LastCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, resumable in a run folder that was moved or copied: the
+    paths its state names are taken to this folder. (Lightning keeps only best_model_path,
+    still the old one, when dirpath changed: a resumed run lost its best score, recorded as
+    NaN, and its best checkpoint. tests/test_sweep.py, the moved sweep.)"""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+
+            def moved(path: Any) -> Any:
+                inside = isinstance(path, str) and Path(path).is_relative_to(old)
+                return str(Path(new) / Path(path).relative_to(old)) if inside else path
+
+            state_dict = {
+                **{k: moved(v) for k, v in state_dict.items()},
+                "dirpath": new,
+                "best_k_models": {
+                    moved(k): v for k, v in state_dict.get("best_k_models", {}).items()
+                },
+            }
+        super().load_state_dict(state_dict)
+
+
+class LastCheckpoint(RunCheckpoint):
     """last.ckpt every epoch, to resume from. When the best checkpoint was written at this
     same step (a run still improving, most epochs) it is the same file: last.ckpt becomes a
     hard link to it, which saves a 13 MB write an epoch and half the disk a run keeps. Both

@@ -267,6 +267,9 @@ def check(cfg: DictConfig) -> None:
 
         rule = "torch sees no CUDA GPU here: train on the CPU with trainer=cpu (the default)"
         require(torch.cuda.is_available(), "trainer.accelerator", accelerator, rule)
+    path = cfg.get("ckpt_path")
+    ok = path is None or (isinstance(path, str) and path.strip() != "")
+    require(ok, "ckpt_path", path, "give the path of a .ckpt, or leave it null")
     if not cfg.get("train"):
         rule = "train=false tests a checkpoint: give ckpt_path=PATH, or leave train on"
         require(cfg.get("ckpt_path"), "train", False, rule)

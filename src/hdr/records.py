@@ -79,7 +79,13 @@ def claim(run_dir: str | Path, wait: bool = False) -> Iterator[str | None]:
     finished, or resumes it if it died)."""
     path = Path(run_dir) / CLAIM_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a folder in its place, or no right to write there
+        raise RecordError(
+            f"Cannot hold {path.parent} for this run: {path} cannot be opened as a file "
+            f"({e.strerror}). Remove or fix it, then run the same command again."
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -148,6 +154,18 @@ def resume_point(out: Path, sweeping: bool) -> tuple[str, Any]:
     return "start", None
 
 
+def relative_to_run(checkpoint: str | Path, run_dir: str | Path) -> str:
+    """How a record names a checkpoint: relative to its run folder when inside it, so that a
+    run or sweep folder moved or copied still finds its own; else the absolute path."""
+    path, run = Path(os.path.realpath(checkpoint)), Path(os.path.realpath(run_dir))
+    return str(path.relative_to(run)) if path.is_relative_to(run) else str(path)
+
+
+def checkpoint_of(row: dict[str, Any]) -> Path:
+    """The checkpoint a record names, found from its run folder (`dir`)."""
+    return Path(str(row.get("dir") or "")) / str(row.get("checkpoint") or "")
+
+
 def write_result(run_dir: str | Path, **fields: Any) -> None:
     """Record how a run ended: status, accuracies, checkpoint, and where it ran."""
     fields.setdefault("host", os.uname().nodename)
@@ -168,6 +186,8 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         result = f"{type(e).__name__}: {e}"
     if isinstance(result, dict) and isinstance(result.get("status"), str):
+        if isinstance(result.get("checkpoint"), str) and result["checkpoint"]:
+            result["checkpoint"] = str(checkpoint_of({**result, "dir": run_dir}))
         return result
     # Marked, so that a run coming back to it resumes from its checkpoints instead.
     return {
@@ -235,7 +255,7 @@ def distrust(row: dict[str, Any], cheap: bool = False) -> str | None:
 
     if row.get("status") != "ok" or not _accuracy(row.get("val_acc")):
         return "not finished with a val_acc in [0, 1]"
-    ckpt, folder = Path(str(row.get("checkpoint") or "")), Path(str(row.get("dir") or ""))
+    ckpt, folder = checkpoint_of(row), Path(str(row.get("dir") or ""))
     if not row.get("checkpoint") or not ckpt.resolve().is_relative_to(folder.resolve()):
         return f"its checkpoint {ckpt} is not inside its run folder {folder}"
     if not ckpt.is_file():
@@ -257,7 +277,8 @@ def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any
     Pruned, failed and untrusted runs (`distrust`) never count. A damaged or untrusted
     record is set aside as `<name>.bad-<time>` with one warning and replaced; a folder in
     its place is never touched. A record that cannot be written is warned about. None of
-    this fails the run or the sweep that calls this.
+    this fails the run or the sweep that calls this. Reading, comparing and writing are one
+    step under a lock, so two runs ending at once never leave the worse one recorded.
     """
     record = Path(record)
     if record.exists() and not record.is_file():
@@ -267,6 +288,20 @@ def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any
             record,
         )
         return None
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(record.with_name(f".{record.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        log.warning("Could not record the best model in %s (%s).", record, e)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # let go of by the kernel when the process ends
+        return _record_best(rows, record)
+    finally:
+        os.close(fd)
+
+
+def _record_best(rows: list[dict[str, Any]], record: Path) -> dict[str, Any] | None:
     ok = [r for r in rows if distrust(r, cheap=True) is None]
     for r in sorted(ok, key=lambda r: -r["val_acc"]):
         if (why := distrust(r)) is None:
@@ -292,7 +327,8 @@ def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any
             except OSError as move_error:
                 log.warning("%s It cannot be set aside either (%s).", e, move_error)
                 return None
-    entry = {k: best.get(k) for k in ("checkpoint", "val_acc", "test_acc", "overrides", "dir")}
+    entry = {k: best.get(k) for k in ("val_acc", "test_acc", "overrides", "dir")}
+    entry["checkpoint"] = str(checkpoint_of(best).resolve())  # best.json is outside any run
     try:
         write_atomic(record, json.dumps(entry, indent=2))
     except OSError as e:

@@ -1,17 +1,21 @@
-"""Gradio's Sketchpad, bounded: what one request may make it decode and keep, our own
-decoder for its images, and the 28x28 previews the page shows."""
+"""Gradio's Sketchpad and server, bounded: what one request may make it decode and keep, what
+one client may send, our own decoder for its images, the 28x28 previews the page shows, and
+where the previews are kept."""
 
 import hashlib
 import io
+import json
 import sys
-import tempfile
-from collections import OrderedDict
+import threading
+import time
+from collections import OrderedDict, defaultdict, deque
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import torch
 from gradio.data_classes import FileData
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from hdr.preprocess import read_picture
@@ -25,10 +29,70 @@ PICK_BRUSH = (
 MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
 MAX_LAYERS = 8  # a drawing's layers decoded at most; the page sends one, or a composite
 MAX_SKETCHES = 64  # drawings held half-sent (Gradio's blob storage), the oldest dropped first
-PREVIEWS = Path(tempfile.gettempdir()) / "hdr-app-previews"
+MAX_SKETCH_BYTES = 64 << 20  # and their bytes in all, the oldest dropped first
 MAX_PREVIEWS = 256  # 28x28 previews kept on disk, the oldest deleted first
-# Gradio's own cache of uploads and outputs: every 10 minutes, files older than an hour go.
-DELETE_CACHE = (600, 3600)
+# Gradio's own cache of uploads and outputs: every minute, files older than 10 minutes go.
+DELETE_CACHE = (60, 600)
+# What one client (an address) and all clients together may send in uploads and sketch
+# blobs in a window as long as the cache keeps them: so the cache holds at most ALL_BYTES.
+CLIENT_BYTES, ALL_BYTES, WINDOW = 64 << 20, 512 << 20, DELETE_CACHE[1]
+BUDGETED = ("/gradio_api/upload", "/gradio_api/component_server")  # the POSTs that carry files
+
+
+class ClientBudget:
+    """ASGI middleware: the bytes each client (its address, as the server sees it: proxies'
+    headers only from --trusted-proxy) may POST in files within WINDOW seconds, and all
+    clients together. A request over either, or whose size is not declared, is refused
+    before its body is read, with one message."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.sent: dict[str, deque] = defaultdict(deque)  # per client: (when, bytes)
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "").rstrip("/")
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in BUDGETED:
+            return await self.app(scope, receive, send)
+        client = (scope.get("client") or ("unknown",))[0]
+        size = dict(scope["headers"]).get(b"content-length", b"").decode()
+        refusal = (
+            self.charge(client, int(size))
+            if size.isdigit()
+            else (
+                411,
+                "Send the file's size (Content-Length): files of unknown size are not taken.",
+            )
+        )
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        status, message = refusal
+        body = json.dumps({"error": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def charge(self, client: str, size: int) -> tuple[int, str] | None:
+        """None, and `size` counted against `client`, if it fits both budgets."""
+        now = time.monotonic()
+        with self.lock:
+            for who in list(self.sent):
+                while self.sent[who] and now - self.sent[who][0][0] > WINDOW:
+                    self.sent[who].popleft()
+                if not self.sent[who]:
+                    del self.sent[who]
+            mine = sum(n for _, n in self.sent.get(client, ()))
+            everyone = sum(n for q in self.sent.values() for _, n in q)
+            if mine + size > CLIENT_BYTES:
+                return 429, (
+                    f"You sent {mine / 2**20:.0f} MB of files in {WINDOW // 60} minutes, the "
+                    f"limit is {CLIENT_BYTES >> 20} MB: wait a few minutes, or send smaller "
+                    "pictures."
+                )
+            if everyone + size > ALL_BYTES:
+                return 503, "The app takes no more files for a few minutes: try again soon."
+            self.sent[client].append((now, size))
+        return None
 
 
 def decode(file: FileData | bytes | None, flatten_on_white: bool = False) -> np.ndarray | None:
@@ -79,11 +143,40 @@ def guard(pad: gr.Sketchpad) -> None:
             raise gr.Error(f"A drawing has at most {MAX_LAYERS} layers.", print_exception=False)
         accept_blobs(data)
         pad.blob_storage.move_to_end(data.data["id"])
-        while len(pad.blob_storage) > MAX_SKETCHES:
+        while len(pad.blob_storage) > MAX_SKETCHES or held(pad.blob_storage) > MAX_SKETCH_BYTES:
             pad.blob_storage.popitem(last=False)
 
     bounded_accept_blobs._is_server_fn = True  # what Gradio's /component_server calls
     pad.preprocess, pad.accept_blobs = bounded_preprocess, bounded_accept_blobs
+
+
+def held(blobs: OrderedDict) -> int:
+    """The bytes the half-sent drawings hold."""
+    parts = [b for v in blobs.values() for b in (v.background, v.composite, *v.layers)]
+    return sum(len(b) for b in parts if isinstance(b, bytes | bytearray))
+
+
+def answer_malformed(demo: gr.Blocks) -> None:
+    """A request whose values are not what its inputs take gets one message back, not
+    Gradio's `{"error": null}` and a stack trace in the server's log."""
+    preprocess = demo.preprocess_data
+
+    async def checked(block_fn, inputs, state, explicit_call=False):
+        try:
+            return await preprocess(block_fn, inputs, state, explicit_call)
+        except gr.Error as e:  # Gradio's own refusals (a file type) print a stack trace
+            print(f"Refused a request: {e.message}", file=sys.stderr)
+            e.print_exception = False
+            raise
+        except Exception as e:
+            print(f"Refused a malformed request: {type(e).__name__}", file=sys.stderr)
+            raise gr.Error(
+                f"The request does not hold what /{block_fn.api_name} takes "
+                f"({type(e).__name__}): send what the page sends (docs/app.md, the API).",
+                print_exception=False,
+            ) from None
+
+    demo.preprocess_data = checked
 
 
 def picture_of(value: dict | np.ndarray) -> np.ndarray:
@@ -107,17 +200,22 @@ def preview(x: torch.Tensor) -> str:
     buffer = io.BytesIO()
     Image.fromarray(big).save(buffer, format="png")
     png = buffer.getvalue()
-    path = PREVIEWS / f"{hashlib.sha256(png).hexdigest()[:32]}.png"
+    path = previews() / f"{hashlib.sha256(png).hexdigest()[:32]}.png"
     if not path.exists():
         write_atomic(path, png)
         prune_previews()
     return str(path)
 
 
+def previews() -> Path:
+    """The previews' folder, in Gradio's cache: app/app.py makes that a folder of its own."""
+    return Path(get_upload_folder()) / "hdr-previews"
+
+
 def prune_previews() -> None:
     """Keep the newest MAX_PREVIEWS previews: a page fetches its own within a second, and
     Gradio copies it into its cache, which delete_cache empties."""
-    files = sorted(PREVIEWS.glob("*.png"), key=_mtime)
+    files = sorted(previews().glob("*.png"), key=_mtime)
     for old in files[: max(0, len(files) - MAX_PREVIEWS)]:
         old.unlink(missing_ok=True)
 

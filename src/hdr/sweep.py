@@ -234,7 +234,15 @@ class SweepCallback(Callback):
                     sweeper.n_trials = max(0, sweeper.n_trials - done)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summarize(config.hydra.sweep.dir, self.best_record)
+        sweep_dir = config.hydra.sweep.dir
+        try:
+            summarize(sweep_dir, self.best_record)
+        except OSError as e:  # Hydra would make this a warning, and the sweep seem to end well
+            sys.exit(
+                f"Error: the sweep's runs are kept, but {e.filename} cannot be written "
+                f"({e.strerror}): fix that, then write its leaderboard with "
+                f"python -m hdr.sweep {sweep_dir}"
+            )
 
 
 def main() -> None:

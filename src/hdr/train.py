@@ -3,6 +3,7 @@
 Lightning and the rest load when a run starts, so `--help` and `--cfg job` answer at once.
 """
 
+import contextlib
 import errno
 import gc
 import logging
@@ -27,6 +28,7 @@ from hdr.records import (
     claim,
     rank_zero,
     record_best,
+    relative_to_run,
     resume_point,
     task_overrides,
     write_result,
@@ -82,7 +84,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         model = load_model(resume)
         trainer.validate(model, datamodule=datamodule)
     elif resume:
-        own = Path(resume).resolve().is_relative_to(Path(cfg.paths.output_dir).resolve())
+        own = Path(os.path.realpath(resume)).is_relative_to(os.path.realpath(cfg.paths.output_dir))
         model_cfg, max_epochs = OmegaConf.to_container(cfg.model), cfg.trainer.get("max_epochs")
         start_step, finished = check_resumable(resume, model_cfg, max_epochs, own_run=own)
     if cfg.get("train"):
@@ -151,7 +153,7 @@ def finish(
         **{key: metrics.get(metric) for metric, key, _ in HEADLINE},
         "epochs": trainer.current_epoch,
         "seconds": round(seconds, 1),
-        "checkpoint": str(Path(best).resolve()) if best else "",
+        "checkpoint": relative_to_run(best, cfg.paths.output_dir) if best else "",
     }
     if not trainer.is_global_zero:
         return result
@@ -221,14 +223,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     return ConfigError, DataError, CheckpointError, RecordError, FloatingPointError
 
 
-def disk_full(e: BaseException) -> str | None:
-    """The one-line advice for a full disk (or quota), None for any other error."""
+def disk_full(e: BaseException, then: str = "run the same command again") -> str | None:
+    """The one-line advice for a full disk (or quota), None for any other error; `then`:
+    how to go on once there is space."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {e.filename}" if e.filename else ""
-        return (
-            f"The disk is full{where}. Free some space and run the same command again: what "
-            "was written is whole, and the run resumes from its last checkpoint."
-        )
+        return f"The disk is full{where}. Free some space, then {then}: what was written is whole."
     return None
 
 
@@ -239,13 +239,21 @@ def run(cfg: DictConfig) -> float | None:
     quiet_lightning()
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
-    with claim(out, wait=sweeping and rank_zero()) as holder:
-        if holder and rank_zero():
-            raise RecordError(
-                f"{out} is in use by another run ({holder}): wait for it to end, or give "
-                "this run another folder."
-            )
-        return _run(cfg, out, sweeping)
+    try:
+        with claim(out, wait=sweeping and rank_zero()) as holder:
+            if holder and rank_zero():
+                raise RecordError(
+                    f"{out} is in use by another run ({holder}): wait for it to end, or give "
+                    "this run another folder."
+                )
+            return _run(cfg, out, sweeping)
+    except RecordError as e:  # its folder cannot be claimed: in a sweep, the others go on
+        if not sweeping:
+            raise
+        log.error("Run not started, the sweep goes on: %s", e)
+        with contextlib.suppress(OSError):
+            write_result(out, status="failed", error=str(e), overrides=task_overrides())
+        return math.nan
 
 
 def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
@@ -269,7 +277,15 @@ def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
     try:
         metrics, objects = train(cfg)
     except (Exception, SIGTERMException) as e:
-        reason = disk_full(e) or f"{type(e).__name__}: {e}"
+        # A sweep's or a named folder is found again by the same command; a new run's
+        # folder is named by the time it started, so the command must name it.
+        named = any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra)
+        then = (
+            "run the same command again: it resumes this run"
+            if sweeping or named
+            else f"run the same command with hydra.run.dir={out}: it resumes this run"
+        )
+        reason = disk_full(e, then) or f"{type(e).__name__}: {e}"
         saved = RunDir(out).last.relative_to(out)
         if isinstance(e, SIGTERMException):  # SLURM's scancel, time limit or preemption
             reason = (
@@ -287,7 +303,7 @@ def _run(cfg: DictConfig, out: Path, sweeping: bool) -> float | None:
             log.warning("Could not record the failure in %s (%s).", out, write_error)
         if not sweeping:
             if isinstance(e, user_errors()) or disk_full(e):  # the message says what to fix
-                raise UserError(disk_full(e) or str(e)) from None
+                raise UserError(disk_full(e, then) or str(e)) from None
             if isinstance(e, SIGTERMException):
                 raise UserError(
                     f"The run was stopped by SIGTERM: resume it with ckpt_path={RunDir(out).last}"
@@ -329,6 +345,11 @@ def main() -> None:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as e:
         fix = " Set it, or override the key that reads it." if "Environment var" in str(e) else ""
+        if "mismatched input '='" in str(e):  # a sweep run's folder holds `=` in its name
+            fix = (
+                " A value holding '=' (a sweep run's folder, say) must be quoted: "
+                """'ckpt_path="outputs/.../0_model.lr=0.01/checkpoints/last.ckpt"'."""
+            )
         sys.exit(f"Error: {one_line(e).rstrip('.')}.{fix}")
     except OSError as e:  # Hydra making the run's folder, before any run starts
         sys.exit(
