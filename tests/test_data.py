@@ -137,7 +137,7 @@ def test_an_empty_read_only_folder_with_download_on_is_named(tmp_path):
     folder.mkdir(mode=0o555)
     code = (
         "import sys\nfrom hdr.download import DataError, download\n"
-        "try:\n    download(sys.argv[1], mirrors=['http://127.0.0.1:9/'], timeout=1)\n"
+        "try:\n    download(sys.argv[1], mirrors=['http://127.0.0.1:9/'], timeout=1, deadline=5)\n"
         "except DataError as e:\n    print(e)\n    sys.exit(3)"
     )
     # root writes anywhere: take that power away, as a user without write access has it.

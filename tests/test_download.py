@@ -3,6 +3,7 @@
 import gzip
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -19,6 +20,10 @@ def mirror():
     """http://127.0.0.1:PORT/{good,truncated,wrong,slow,html}/<name>.gz; yields the base URL."""
     good = {f"{n}.gz": gzip.compress((raw_dir(DATA_DIR) / n).read_bytes(), 1) for n in RAW_SHA256}
     labels = good["t10k-labels-idx1-ubyte.gz"]
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip, as the files are
+    zeros = b"\0" * (64 << 20)
+    bomb = b"".join(packer.compress(zeros) for _ in range(4)) + packer.flush()  # 256 MB in 0.3
+
     kinds = {
         "good": lambda name: good[name],
         "truncated": lambda name: good[name][: len(good[name]) // 2],
@@ -27,6 +32,8 @@ def mirror():
         ),
         "html": lambda name: b"<html>Service unavailable</html>",
         "slow": lambda name: good[name],
+        "bomb": lambda name: bomb,
+        "trickle": lambda name: good[name],
     }
 
     class Handler(BaseHTTPRequestHandler):
@@ -40,6 +47,14 @@ def mirror():
             body = kinds[kind](name)
             try:
                 self.send_response(200)
+                if kind == "trickle":  # a byte every 1.5 s: never silent for long, never done
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    for byte in body:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(1.5)
+                    return
                 # Truncated: the server claims the whole length, as a dropped connection would.
                 length = len(good[name]) if kind == "truncated" else len(body)
                 self.send_header("Content-Length", str(length))
@@ -74,7 +89,7 @@ def test_good_mirror_gives_verified_files_that_load(tmp_path, mirror):
 
 def test_a_file_damaged_after_it_was_verified_is_caught_next_time(tmp_path, mirror):
     # Checks are remembered per process (a sweep verifies once), but only for unchanged files.
-    download(tmp_path, [f"{mirror}/good"], timeout=5)
+    download(tmp_path, [f"{mirror}/good"], timeout=5, deadline=60)
     verify_raw_files(tmp_path)
     verify_raw_files(tmp_path)
     labels = raw_dir(tmp_path) / "t10k-labels-idx1-ubyte"
@@ -88,7 +103,7 @@ def test_a_file_damaged_after_it_was_verified_is_caught_next_time(tmp_path, mirr
 def test_bad_mirrors_are_skipped_in_turn(tmp_path, mirror):
     bad = [f"{mirror}/{kind}" for kind in ("slow", "truncated", "wrong", "html", "missing")]
     start = time.perf_counter()
-    download(tmp_path, [*bad, f"{mirror}/good"], timeout=0.5)
+    download(tmp_path, [*bad, f"{mirror}/good"], timeout=0.5, deadline=60)
     verify_raw_files(tmp_path)
     assert leftovers(tmp_path) == sorted(RAW_SHA256)
     # 4 files, each waiting 0.5 s on the silent mirror, not the SILENT_FOR it takes to answer
@@ -103,13 +118,15 @@ def test_bad_mirrors_are_skipped_in_turn(tmp_path, mirror):
         ("slow", "timed out"),
         ("html", "incorrect header check"),
         ("missing", "404"),
+        ("bomb", "it unpacks to more than the file's 47,040,016 bytes"),  # not 256 MB on disk
+        ("trickle", "not done within data.deadline=4 s"),
     ],
 )
 def test_each_bad_mirror_is_named_with_its_reason_and_leaves_nothing(
     tmp_path, mirror, kind, reason
 ):
     with pytest.raises(DataError) as err:
-        download(tmp_path, [f"{mirror}/{kind}"], timeout=0.5)
+        download(tmp_path, [f"{mirror}/{kind}"], timeout=2, deadline=4)
     message = str(err.value)
     assert "train-images-idx3-ubyte" in message and reason in message
     assert f"{mirror}/{kind}/train-images-idx3-ubyte.gz" in message

@@ -137,6 +137,7 @@ class DataConfig:
     corrections_share: float = 0.2  # of an epoch's images, when corrections are mixed in
     mirrors: list[str] | None = None  # <mirror>/<name>.gz, tried in turn; None: torchvision's
     timeout: float = 30.0  # seconds a mirror may stay silent before the next one is tried
+    deadline: float = 600.0  # seconds one file's download may take in all
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
@@ -145,6 +146,7 @@ class DataConfig:
         val_ok = 0 < self.val_size < 60_000
         require(val_ok, "data.val_size", self.val_size, "take 1 to 59,999 of the 60k images")
         require(self.timeout > 0, "data.timeout", self.timeout, "seconds, > 0")
+        require(self.deadline > 0, "data.deadline", self.deadline, "seconds, > 0")
         # At most half: an epoch then trains on at most twice MNIST's images, however few
         # corrections there are (0.99 of one correction was 5.4 million copies, 17 GB).
         share_ok = 0 < self.corrections_share <= 0.5

@@ -89,7 +89,9 @@ class MNISTDataModule(L.LightningDataModule):
         missing = [n for n in RAW_SHA256 if not (raw_dir(self.data_dir) / n).is_file()]
         if missing and self.hparams.download:
             log.info("Downloading MNIST into %s", raw_dir(self.data_dir))
-            download(self.data_dir, self.hparams.mirrors, self.hparams.timeout)
+            download(
+                self.data_dir, self.hparams.mirrors, self.hparams.timeout, self.hparams.deadline
+            )
         verify_raw_files(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:

@@ -4,6 +4,7 @@ partial or wrong file behind."""
 import hashlib
 import http.client
 import os
+import time
 import urllib.request
 import zlib
 from collections.abc import Sequence
@@ -94,13 +95,17 @@ def verify_raw_files(root: str | Path) -> None:
             )
 
 
-def download(root: str | Path, mirrors: Sequence[str] | None, timeout: float) -> None:
+def download(
+    root: str | Path, mirrors: Sequence[str] | None, timeout: float, deadline: float
+) -> None:
     """Fetch each missing raw file, trying the mirrors in turn.
 
     A file is written under a temporary name and renamed only once its SHA-256 matches, so an
     interrupted, truncated or wrong download leaves nothing behind. `timeout` is how long a
-    mirror may stay silent (connecting or mid-file) before the next one is tried. `mirrors`
-    None: torchvision's list.
+    mirror may stay silent (connecting or mid-file) before the next one is tried, `deadline`
+    how long one file may take in all (a mirror sending a byte now and then never falls
+    silent); a file that unpacks past MNIST's known size is cut off there (a gzip bomb).
+    `mirrors` None: torchvision's list.
     """
     if mirrors is None:
         from torchvision.datasets import MNIST
@@ -127,7 +132,7 @@ def download(root: str | Path, mirrors: Sequence[str] | None, timeout: float) ->
         for mirror in mirrors:
             url = f"{mirror.rstrip('/')}/{name}.gz"
             try:
-                _fetch(url, target, expected, timeout)
+                _fetch(url, target, expected, timeout, deadline)
                 break
             except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as e:
                 failures.append(f"  {url}: {type(e).__name__}: {e}")
@@ -140,16 +145,25 @@ def download(root: str | Path, mirrors: Sequence[str] | None, timeout: float) ->
             )
 
 
-def _fetch(url: str, target: Path, expected: str, timeout: float) -> None:
+def _fetch(url: str, target: Path, expected: str, timeout: float, deadline: float) -> None:
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    size, until = RAW_SIZES[target.name], time.monotonic() + deadline
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
-            size = int(response.headers.get("Content-Length") or 0) or None
+            length = int(response.headers.get("Content-Length") or 0) or None
             gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS)  # 16+: expect a gzip header
-            digest = hashlib.sha256()
-            with tqdm(total=size, unit="B", unit_scale=True, desc=target.name, leave=False) as bar:
-                while chunk := response.read(1 << 16):
-                    data = gunzip.decompress(chunk)
+            digest, written = hashlib.sha256(), 0
+            with tqdm(
+                total=length, unit="B", unit_scale=True, desc=target.name, leave=False
+            ) as bar:
+                # read1: whatever has come, so that the deadline is checked as bytes trickle in
+                while chunk := response.read1(1 << 16):
+                    if time.monotonic() > until:
+                        raise TimeoutError(f"not done within data.deadline={deadline:g} s")
+                    data = gunzip.decompress(chunk, size - written + 1)
+                    written += len(data)
+                    if written > size or gunzip.unconsumed_tail:
+                        raise ValueError(f"it unpacks to more than the file's {size:,} bytes")
                     digest.update(data)
                     out.write(data)
                     bar.update(len(chunk))
