@@ -572,3 +572,63 @@ def test_the_full_grid_starts_its_first_run_within_a_minute(tmp_path):
     finally:
         os.killpg(grid.pid, signal.SIGKILL)
         grid.wait()
+
+
+def children(parent: int) -> list[int]:
+    """The processes whose parent is `parent`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command's name
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_joblib_sweeps_workers_die_with_it(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "hdr.train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "seed=1,2",
+        "trainer.max_epochs=50",
+        "callbacks.drawings.per_style=0",
+        "+trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = {**os.environ, "HDR_LOG_DIR": str(tmp_path)}
+    sweep = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(sweep_dir.glob("*/checkpoints/last.ckpt"))) < 2:  # both train
+            assert sweep.poll() is None and time.monotonic() < deadline
+            time.sleep(1)
+        workers = children(sweep.pid)
+        assert len(workers) >= 2, workers
+    finally:
+        sweep.kill()
+        sweep.wait()
+    gone_by = time.monotonic() + 30
+    while any(map(alive, workers)) and time.monotonic() < gone_by:
+        time.sleep(1)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} of the sweep's {len(workers)} processes outlived it by 30 s"
