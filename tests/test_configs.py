@@ -102,7 +102,7 @@ def test_console_script_finds_the_config_from_anywhere(tmp_path):
         ("experiment=cnn model.augment.scale=[1.1,0.9]", "model.augment.scale=[1.1, 0.9]"),
         ("+model.lrr=0.1", "model.lrr is not a known key: model takes"),
         ("+data.batchsize=10", "data.batchsize is not a known key"),
-        ("torch_threads=0", "torch_threads=0 is not allowed: auto, or a whole number >= 1"),
+        ("torch_threads=0", "torch_threads=0 is not allowed: auto, or a whole number of threads"),
         ("torch_threads=many", "torch_threads='many' is not allowed"),
         ("trainer.max_epochs=ten", "trainer.max_epochs='ten' is not allowed: a whole number"),
         ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 is not allowed"),

@@ -159,12 +159,13 @@ def _check_contents(path: Path, ckpt: dict[str, Any]) -> None:
         isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in state.items()
     ):
         raise CheckpointError(f"{ours}: its state_dict is not a set of named tensors.")
-    odd = [f"{k} ({t.dtype})" for k, t in state.items() if not t.is_floating_point()]
-    odd += [f"{k} (a view of {t.numel():,} elements)" for k, t in state.items() if _inflated(t)]
-    if odd:
+    inflated = [
+        f"{k} (a view of {t.numel():,} elements)" for k, t in state.items() if _inflated(t)
+    ]
+    if inflated:
         raise CheckpointError(
-            f"{ours}: weights hdr.train never writes, {', '.join(odd[:3])}: its weights are "
-            "dense floating-point tensors."
+            f"{ours}: weights hdr.train never writes, {', '.join(inflated[:3])}: its weights "
+            "are dense tensors, no larger than the file holds."
         )
     known = {"net", "num_classes", *_DEFAULTS}
     unknown = sorted(set(map(str, hparams)) - known)
@@ -185,7 +186,20 @@ def _check_contents(path: Path, ckpt: dict[str, Any]) -> None:
             f"{ours}: its weights do not fit the net it describes ({hparams['net']}); "
             f"first differences: {wrong}."
         )
-    broken = [k for k, t in state.items() if not t.isfinite().all()]
+    # Floating point where the net's are (its weights), whole numbers where they are (batch
+    # norm's counts): int64 or complex64 weights would load, and be served.
+    pairs = [(f"net.{k}", state[f"net.{k}"], t) for k, t in net.items()]
+    odd = [
+        f"{k} ({saved.dtype})"
+        for k, saved, own in pairs
+        if saved.is_floating_point() != own.is_floating_point() or saved.is_complex()
+    ]
+    if odd:
+        raise CheckpointError(
+            f"{ours}: weights hdr.train never writes, {', '.join(odd[:3])}: its weights are "
+            "floating-point tensors."
+        )
+    broken = [k for k, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
     if broken:
         raise CheckpointError(
             f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}): the run that "

@@ -155,7 +155,7 @@ def finish(
         **{key: metrics.get(metric) for metric, key, _ in HEADLINE},
         "epochs": trainer.current_epoch,
         "seconds": round(seconds, 1),
-        "checkpoint": relative_to_run(best, cfg.paths.output_dir) if best else "",
+        "checkpoint": str(Path(best).resolve()) if best else "",
     }
     if not trainer.is_global_zero:
         return result
@@ -169,7 +169,11 @@ def finish(
             log.info("%s: %.2f%%", words, 100 * metrics[metric])
     log.info("Outputs (checkpoints, plots, logs): %s", cfg.paths.output_dir)
     log.info("TensorBoard: tensorboard --logdir %s", cfg.paths.output_dir)
-    write_result(cfg.paths.output_dir, **result, overrides=task_overrides())
+    # On disk, relative to the run folder: the record holds if the folder moves.
+    ckpt = relative_to_run(best, cfg.paths.output_dir) if best else ""
+    write_result(
+        cfg.paths.output_dir, **{**result, "checkpoint": ckpt}, overrides=task_overrides()
+    )
     return result
 
 
