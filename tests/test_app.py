@@ -34,7 +34,7 @@ from hdr.config import ROOT
 from hdr.corrections import Corrections
 from hdr.drawings import redraw
 from hdr.loopback import BROWSER_ARGS, CHROMIUM, ask_app, free_port, wait_listening
-from hdr.records import RecordError
+from hdr.records import RecordError, read_result
 from hdr.utils import quiet_trainer
 from tests.helpers import BAD_PICTURES, DATA_DIR, run_cli, sketch, write_huge, write_pictures
 
@@ -268,9 +268,10 @@ def test_api_refuses_nan_pixels_rather_than_guess(client, pictures):
 def test_uploads_of_any_kind_get_an_answer_and_the_server_stays_up(client, digits, pictures):
     from gradio_client import handle_file
 
-    answers = {
+    answers = {  # digit.eps: Gradio refuses its name itself (file_types), as a .txt's
         name: client.predict(handle_file(str(path)), api_name="/picture")[0]["label"]
         for name, path in pictures.items()
+        if name != "digit.eps"
     }
     digit = str(digits.targets[0].item())
     for name, answer in answers.items():
@@ -588,9 +589,9 @@ def test_with_app_and_cnn_trained_the_page_opens_on_the_app_model_and_learns_a_c
             [f"experiment={recipe}", f"+trainer.limit_train_batches={batches}", *small], tmp_path
         )
         assert run.returncode == 0, run.stderr[-2000:]
-    results = {
+    results = {  # as hdr reads them: checkpoints found from their run folders
         r["overrides"][0]: r
-        for r in map(json.loads, map(Path.read_text, tmp_path.rglob("result.json")))
+        for r in (read_result(path.parent) for path in tmp_path.rglob("result.json"))
         if r["status"] == "ok"
     }
     app_run, cnn_run = results["experiment=app"], results["experiment=cnn"]

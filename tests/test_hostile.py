@@ -109,9 +109,10 @@ def app_server(trained_checkpoint, tmp_path_factory):
         log.close()
 
 
-def peak_rss_mb(pid: int) -> float:
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """A process's memory from /proc: its peak (VmHWM) or now (VmRSS), in MB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1]) / 1024
+    return int(next(ln for ln in status.splitlines() if ln.startswith(field)).split()[1]) / 1024
 
 
 def call(http: httpx.Client, url: str, api: str, value: dict) -> tuple[str, str]:
@@ -135,7 +136,7 @@ def test_a_4kb_request_of_30_huge_layers_is_refused_and_the_server_stays_up(
         with (tmp_path / "layer.png").open("rb") as f:
             path = http.post(f"{url}gradio_api/upload", files={"files": f}).json()[0]
         layer = {"path": path, "meta": {"_type": "gradio.FileData"}}
-        before = peak_rss_mb(server.pid)
+        before = memory_mb(server.pid)
         request = {"background": None, "layers": [layer] * 30, "composite": None}
         assert len(json.dumps(request)) < 4096 * 2
         kind, data = call(http, url, "predict", request)
@@ -143,7 +144,7 @@ def test_a_4kb_request_of_30_huge_layers_is_refused_and_the_server_stays_up(
         # With a composite, only the composite is decoded, however many layers come along.
         kind, data = call(http, url, "predict", {**request, "composite": layer})
         assert kind == "complete" and json.loads(data)[0]["label"] == "1", data
-        peak = peak_rss_mb(server.pid)
+        peak = memory_mb(server.pid)
         print(f"app server peak RSS: {before:.0f} MB before, {peak:.0f} MB after the requests")
         assert peak - before < 1200  # one 4096x4096 drawing decoded, not 30 (6 GB)
         # Still up, and still right.
@@ -1041,6 +1042,12 @@ def test_a_client_is_its_address_whatever_it_says_and_the_latest_label_wins(
             time.sleep(2.1)
             said = correct(drawings[0], digit)
         assert said.startswith("Kept: this drawing is a 7"), said
+        # Layers of two sizes and no composite: /correct says what /predict says (it showed
+        # numpy's "inhomogeneous shape").
+        Image.new("RGBA", (300, 200)).save(tmp_path / "small-layer.png")
+        layers = [drawings[0]["composite"], upload(http, url, tmp_path / "small-layer.png")]
+        said = correct({"background": None, "layers": layers, "composite": None}, "4")
+        assert said.startswith("The drawing's layers differ in size"), said
     from hdr.corrections import Corrections
 
     store = Corrections(corrections)
@@ -1052,12 +1059,15 @@ def test_a_client_is_its_address_whatever_it_says_and_the_latest_label_wins(
 def test_the_app_stays_small_after_256_blob_uploads_of_19_mb(app_server, tmp_path):
     url, server, log = app_server
     blob = os.urandom(19 << 20)
-    with httpx.Client(timeout=120) as http:
+    # From 127.0.0.2: another client, whose spent budget leaves 127.0.0.1's whole.
+    flooder = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(timeout=120, transport=flooder) as http:
         config = http.get(f"{url}config").json()
         (pad,) = [
             c["id"] for c in config["components"] if c["type"] in ("sketchpad", "imageeditor")
         ]
         statuses = []
+        before = memory_mb(server.pid, "VmRSS")
         for i in range(256):
             fields = {
                 "component_id": str(pad),
@@ -1074,19 +1084,15 @@ def test_the_app_stays_small_after_256_blob_uploads_of_19_mb(app_server, tmp_pat
                 statuses.append(answer.status_code)
             except httpx.TransportError:  # refused before the body was read: the socket closed
                 statuses.append("closed")
-    rss = (
-        int(
-            next(
-                ln
-                for ln in Path(f"/proc/{server.pid}/status").read_text().splitlines()
-                if ln.startswith("VmRSS")
-            ).split()[1]
-        )
-        / 1024
-    )
-    print(
-        f"app RSS after 256 blob uploads of 19 MB: {rss:.0f} MB; answers {set(map(str, statuses))}"
-    )
-    assert rss < 1536
+        # The same budget holds for uploads: 30 of 19 MB once put 572 MB on disk in 3 s.
+        (tmp_path / "big.png").write_bytes(blob)
+        with (tmp_path / "big.png").open("rb") as f:
+            refused = http.post(f"{url}gradio_api/upload", files={"files": f})
+        assert refused.status_code == 429 and "the limit is 64 MB" in refused.json()["error"]
+    with httpx.Client(timeout=120) as http:  # another client still gets through
+        upload(http, url, tmp_path / "big.png")
+    rss = memory_mb(server.pid, "VmRSS")
+    print(f"app RSS after 256 blob uploads of 19 MB: {rss:.0f} MB; answers {set(statuses)}")
+    assert rss < 1536 and rss - before < 256, (before, rss)  # at most the 64 MB held, and spare
     assert statuses.count(200) <= 4 and 429 in statuses
     assert server.poll() is None
