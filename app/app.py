@@ -21,14 +21,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from hdr.catalog import Choice, load, recorded, to_compare
-from hdr.checkpoint import CheckpointError
-from hdr.config import compose
-from hdr.corrections import Corrections
-from hdr.module import DigitClassifier
-from hdr.preprocess import BlankDrawing, read_picture, to_mnist
-from hdr.records import RecordError
-from hdr.sketchpad import (
+from hdr.core.module import DigitClassifier  # noqa: E402
+from hdr.core.pictures import BlankDrawing, read_picture, to_mnist  # noqa: E402
+from hdr.runs.checkpoint import CheckpointError  # noqa: E402
+from hdr.runs.config import compose  # noqa: E402
+from hdr.runs.records import RecordError  # noqa: E402
+from hdr.serving.catalog import Choice, load, recorded, to_compare  # noqa: E402
+from hdr.serving.corrections import Corrections  # noqa: E402
+from hdr.serving.sketchpad import (  # noqa: E402
     DELETE_CACHE,
     MAX_UPLOAD,
     PICK_BRUSH,
@@ -44,7 +44,6 @@ APP_RECIPE = "experiment=app"  # the recipe to train for the best reading of dra
 
 
 def best_record() -> Path:
-    """Where the best model is recorded: `paths.best_record` of the real config."""
     return Path(compose().paths.best_record)
 
 
@@ -54,7 +53,7 @@ def load_model(checkpoint: str | Path | None = None) -> Choice:
 
 
 def recorded_models() -> dict[str, Choice]:
-    """The recorded models, best first (hdr.catalog.recorded), where the config keeps them."""
+    """The recorded models, best first, where the config keeps them."""
     paths = compose().paths
     return recorded(paths.best_record, paths.log_dir)
 
@@ -117,7 +116,7 @@ def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
     def correct(
         image: dict | np.ndarray | None, digit: Any, label: str, request: gr.Request
     ) -> str:
-        """Keep "that drawing is a <digit>" (hdr.corrections); every refusal is a message."""
+        """Keep "that drawing is a <digit>"; every refusal is a message."""
         if image is None:
             return "Draw a digit, then choose what it is."
         try:

@@ -27,11 +27,10 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from hdr.config import data_dir
-from hdr.data import MNISTDataModule
-from hdr.drawings import redraw
-from hdr.loopback import ask_app, free_port, wait_listening
+from hdr.core.data import MNISTDataModule
+from hdr.runs.config import data_dir
 from hdr.utils import cpu_description
+from tests.helpers import ask_app, free_port, redraw, wait_listening
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--checkpoint", help="default: the best recorded model")

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
-from hdr.config import check, compose
-from hdr.utils import cpu_description, cpu_precision, quiet_trainer
+from hdr.runs.config import check, compose
+from hdr.utils import cpu_description, cpu_precision
+from tests.helpers import quiet_trainer
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_cnn")

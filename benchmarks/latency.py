@@ -12,12 +12,12 @@ import time
 
 import torch
 
-from hdr.config import data_dir
-from hdr.data import MNISTDataModule
-from hdr.drawings import redraw
-from hdr.module import DigitClassifier
-from hdr.preprocess import to_mnist
+from hdr.core.data import MNISTDataModule
+from hdr.core.module import DigitClassifier
+from hdr.core.pictures import to_mnist
+from hdr.runs.config import data_dir
 from hdr.utils import cpu_description
+from tests.helpers import redraw
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("checkpoints", nargs="+")

@@ -18,8 +18,9 @@ import time
 from hydra.utils import instantiate
 from torch.profiler import ProfilerActivity, profile
 
-from hdr.config import check, compose
-from hdr.utils import cpu_description, quiet_trainer
+from hdr.runs.config import check, compose
+from hdr.utils import cpu_description
+from tests.helpers import quiet_trainer
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_cnn")

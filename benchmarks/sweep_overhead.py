@@ -53,8 +53,8 @@ def plain() -> None:
     import torch.nn.functional as F
     from hydra.utils import instantiate
 
-    from hdr.config import compose
-    from hdr.optim import build_optimizer
+    from hdr.core.module import build_optimizer
+    from hdr.runs.config import compose
 
     cfg = compose(["experiment=student"])
     dm = instantiate(cfg.data, download=False)

@@ -19,8 +19,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from hdr.config import check, compose
-from hdr.utils import QUIET, cpu_description
+from hdr.runs.config import check, compose
+from hdr.utils import cpu_description
+from tests.helpers import QUIET
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_mlp")

@@ -7,7 +7,7 @@ The recipe comes from the real config (any Hydra overrides; default the student'
 trained on the 55k in-memory training split. One process; a Lightning epoch and a plain
 epoch alternate (the plain one runs inside a callback between Lightning's epochs), so both
 see the same machine state. The plain loop steps the same net with the same optimizer and
-schedule (hdr.optim.build_optimizer), loss and batches; Lightning adds its hooks, the
+schedule (hdr.core.module.build_optimizer), loss and batches; Lightning adds its hooks, the
 sampler and DataLoader, and our per-step work (train accuracy and loss metrics, the
 divergence check). Prints the median seconds per epoch of each and the ratio ours / plain.
 """
@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from hdr.config import check, compose
-from hdr.optim import build_optimizer
-from hdr.utils import cpu_description, quiet_trainer
+from hdr.core.module import build_optimizer
+from hdr.runs.config import check, compose
+from hdr.utils import cpu_description
+from tests.helpers import quiet_trainer
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=fast_cnn")

@@ -11,7 +11,7 @@ import time
 
 from playwright.sync_api import expect, sync_playwright
 
-from hdr.loopback import BROWSER_ARGS, CHROMIUM, wait_listening
+from tests.helpers import BROWSER_ARGS, CHROMIUM, wait_listening
 
 PORT = 7890
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from hdr.loopback import BROWSER_ARGS, CHROMIUM, wait_listening
+from tests.helpers import BROWSER_ARGS, CHROMIUM, wait_listening
 
 if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
     sys.exit("usage: python docs/tensorboard_screenshot.py SWEEP_DIR")

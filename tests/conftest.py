@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from hdr.config import ROOT
-from hdr.utils import quiet_trainer
-from tests.helpers import DATA_DIR, shrunk_cfg
+from hdr.runs.config import ROOT
+from tests.helpers import DATA_DIR, quiet_trainer, shrunk_cfg
 
 # Python's bytecode caches go to a temporary folder too, for this process and every
 # subprocess, so that the checkout really stays as it was.
@@ -50,6 +49,15 @@ def checkout_files() -> dict[str, tuple[str, int, int]]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One drawings cache for every run of the session (paths.cache_dir), in-process or not:
+    each run makes them in seconds, once is enough."""
+    os.environ["HDR_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    del os.environ["HDR_CACHE_DIR"]
+
+
+@pytest.fixture(scope="session", autouse=True)
 def checkout_stays_clean():
     """Fails the session if any test wrote into the checkout (outputs/ or anywhere else)."""
     before = checkout_files()
@@ -69,7 +77,7 @@ def make_cfg(tmp_path):
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST, split as training splits it, loaded once for the whole session."""
-    from hdr.data import MNISTDataModule
+    from hdr.core.data import MNISTDataModule
 
     dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=256, download=False)
     dm.setup()
@@ -80,8 +88,8 @@ def train_mlp(folder: Path, epochs: int) -> Path:
     """A real MLP trained on real MNIST, saved as hdr.train would save it."""
     import lightning as L
 
-    from hdr.data import MNISTDataModule
-    from hdr.module import DigitClassifier
+    from hdr.core.data import MNISTDataModule
+    from hdr.core.module import DigitClassifier
 
     L.seed_everything(0)
     dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=128, download=False)
@@ -106,12 +114,12 @@ def well_trained_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 20 MB tmpfs of our own (root only): room for one 13 MB checkpoint of the seed MLP,
-    not two (last.ckpt is a link to the best while they are the same epoch)."""
+    """A 30 MB tmpfs of our own (root only): room for two 13 MB checkpoints of the seed MLP
+    (the best and last.ckpt of epoch 1), not three (epoch 2's best beside them)."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)],
+        ["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(disk)],
         capture_output=True,
         text=True,
     )

@@ -1,18 +1,26 @@
-"""What several test modules share: the real config and data, odd pictures, a quiet
-Trainer, subprocess runs of the CLI. (Servers, ports and the browser: hdr.loopback; drawings
-made from digits: hdr.drawings.)"""
+"""What the tests, benchmarks and docs' scripts share: the real config and data, a quiet
+Trainer, subprocess runs of the CLI, digits redrawn as a person would, odd pictures, and
+servers on loopback (free ports, waiting for one, one drawing through the app's API)."""
 
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
+import torch
+import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from hdr.config import CONF_DIR, ROOT, compose
+from hdr.runs.config import CONF_DIR, ROOT, compose
 
 CONF = Path(CONF_DIR)
 DATA_DIR = Path(compose().paths.data_dir).resolve()  # the config's own rule finds the data
@@ -106,3 +114,97 @@ BAD_PICTURES = {  # what `to_mnist(read_picture(...))` says to each
     "digit.eps": "is not a picture hdr reads: send a PNG, JPEG, BMP, GIF, WebP or TIFF",
     "eps-named.png": "is not a picture hdr reads: send a PNG, JPEG, BMP, GIF, WebP or TIFF",
 }
+
+
+# A Trainer that logs, checkpoints and prints nothing: for tests and benchmarks that only fit.
+QUIET = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """A Lightning Trainer with QUIET and no validation, unless `kwargs` say otherwise."""
+    return L.Trainer(**{**QUIET, "limit_val_batches": 0, **kwargs})
+
+
+def redraw(digit: torch.Tensor, canvas: int, size: float, where: str, thick: bool) -> np.ndarray:
+    """An MNIST digit as a person might draw it: black strokes on a transparent RGBA canvas.
+
+    size: the height of the digit's 28x28 frame as a share of the canvas; where: "centre"
+    or "corner"; thick: a brush about a third wider than MNIST's pen.
+    """
+    strokes = (digit[0] > 0.4).float()[None, None]  # the pen's path, without MNIST's grey
+    big = F.interpolate(strokes, scale_factor=12, mode="nearest")  # 336 x 336
+    if thick:
+        big = F.max_pool2d(big, kernel_size=9, stride=1, padding=4)
+    side = round(canvas * size)  # the brush scales with the drawing, as on a real canvas
+    big = F.interpolate(big, size=(side, side), mode="area" if side < 336 else "bilinear")
+    big = big[0, 0].clamp(0, 1).numpy()
+    rgba = np.zeros((canvas, canvas, 4), np.uint8)
+    top = canvas // 20 if where == "corner" else (canvas - side) // 2
+    rgba[top : top + side, top : top + side, 3] = (255 * big).astype(np.uint8)
+    return rgba
+
+
+# Debian's chromium, else the browser Playwright installed (make browser does one or the other).
+CHROMIUM = shutil.which("chromium")
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, server: subprocess.Popen, seconds: float = 120) -> None:
+    """Return once something listens on 127.0.0.1:port; raise if `server` ends or the time
+    runs out first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server ended (exit {server.returncode}) before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listened on port {port} within {seconds} s") from None
+            time.sleep(0.5)
+
+
+def ask_app(http, url: str, drawing: Path) -> tuple[dict, bytes | None]:
+    """One drawing through the app's HTTP API, as the page's Submit button sends it: upload
+    it, call /predict, read the event stream, then fetch the preview image as a browser
+    does. `http` is an httpx.Client; returns the label and the preview's bytes."""
+    with drawing.open("rb") as f:
+        uploaded = http.post(f"{url}gradio_api/upload", files={"files": f}).raise_for_status()
+    composite = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
+    body = {"data": [{"background": None, "layers": [], "composite": composite}]}
+    event = http.post(f"{url}gradio_api/call/predict", json=body).raise_for_status()
+    stream = http.get(f"{url}gradio_api/call/predict/{event.json()['event_id']}").text
+    if "event: complete" not in stream:
+        raise RuntimeError(f"no answer: {stream[-200:]!r}")
+    label, seen = json.loads(stream.rsplit("data:", 1)[1])
+    png = http.get(seen["url"]).raise_for_status().content if seen else None
+    return label, png
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a TensorBoard log folder, as (step, value) pairs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}

@@ -29,14 +29,26 @@ from app.app import (
     recorded_models,
     to_compare,
 )
-from hdr.checkpoint import CheckpointError
-from hdr.config import ROOT
-from hdr.corrections import Corrections
-from hdr.drawings import redraw
-from hdr.loopback import BROWSER_ARGS, CHROMIUM, ask_app, free_port, wait_listening
-from hdr.records import RecordError, read_result
-from hdr.utils import quiet_trainer
-from tests.helpers import BAD_PICTURES, DATA_DIR, run_cli, sketch, write_huge, write_pictures
+from hdr.core.corrections import read_dataset, read_entries
+from hdr.runs.checkpoint import CheckpointError
+from hdr.runs.config import ROOT
+from hdr.runs.records import RecordError, read_result
+from hdr.serving.corrections import Corrections
+from tests.helpers import (
+    BAD_PICTURES,
+    BROWSER_ARGS,
+    CHROMIUM,
+    DATA_DIR,
+    ask_app,
+    free_port,
+    quiet_trainer,
+    redraw,
+    run_cli,
+    sketch,
+    wait_listening,
+    write_huge,
+    write_pictures,
+)
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +168,8 @@ def test_predict_reads_a_drawing_and_declines_a_blank(trained_checkpoint, digits
 @pytest.fixture(scope="module")
 def cnn_checkpoint(tmp_path_factory) -> Path:
     """A small CNN, briefly trained: enough to read clear digits."""
-    from hdr.data import MNISTDataModule
-    from hdr.module import DigitClassifier
+    from hdr.core.data import MNISTDataModule
+    from hdr.core.module import DigitClassifier
 
     torch.manual_seed(0)
     model = DigitClassifier(net={"name": "cnn", "channels": [8, 16]}, lr=0.003)
@@ -352,9 +364,9 @@ def test_browser_draws_submits_corrects_and_clears(server, corrections_dir, tmp_
         page.get_by_role("option", name="1", exact=True).click()
         page.get_by_role("button", name="Keep this correction").click()
         expect(page.get_by_text("Kept: this drawing is a 1")).to_be_visible(timeout=30_000)
-        (entry,) = Corrections(corrections_dir).entries()
+        (entry,) = read_entries(corrections_dir)
         assert entry["label"] == 1 and entry["model"].startswith("student: MLP")
-        images, _ = Corrections(corrections_dir).dataset()
+        images, _ = read_dataset(corrections_dir)
         assert images.shape == (1, 1, 28, 28) and images.sum() > 20  # the 7's strokes
         # Another model from the dropdown reads the drawing at once.
         picker = page.get_by_role("combobox", name="model")
@@ -618,7 +630,7 @@ def test_with_app_and_cnn_trained_the_page_opens_on_the_app_model_and_learns_a_c
                 timeout=30_000
             )
         browser.close()
-    (entry,) = Corrections(tmp_path / "corrections").entries()
+    (entry,) = read_entries(tmp_path / "corrections")
     assert entry["label"] == 7 and entry["model"].startswith(why)
     tuned = run_cli(["experiment=app_tuned", "+trainer.limit_train_batches=3", *small], tmp_path)
     assert tuned.returncode == 0, tuned.stderr[-2000:]

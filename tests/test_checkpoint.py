@@ -1,12 +1,10 @@
 """Checkpoints are read as data only; missing, damaged, foreign and hostile ones are named."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from hdr.checkpoint import CheckpointError, load_model, read_checkpoint
-from hdr.train import train
+from hdr.runs.checkpoint import CheckpointError, load_model, read_checkpoint
+from hdr.runs.train import train
 from tests.helpers import run_cli
 
 
@@ -79,15 +77,3 @@ def test_resuming_with_another_optimizer_or_schedule_is_refused_in_one_line(
     run = run_cli([f"ckpt_path={trained_checkpoint}", override], tmp_path, timeout=120)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert f"Error: ckpt_path={trained_checkpoint} was trained with {words}" in run.stderr
-
-
-def test_last_checkpoint_is_the_best_one_linked_when_of_the_same_epoch(make_cfg, tmp_path):
-    """The real callbacks, 2 epochs: last.ckpt is the best file (one inode) when the last
-    epoch is the best, its own file otherwise; either way it loads."""
-    cfg = make_cfg(["experiment=fast_mlp", "trainer.max_epochs=2"])
-    _, objects = train(cfg)
-    ckpts = tmp_path / "checkpoints"
-    best = objects["result"]["checkpoint"]
-    assert (Path(best).name == "epoch_001.ckpt") == (ckpts / "last.ckpt").samefile(best)
-    assert load_model(ckpts / "last.ckpt").hparams.net["name"] == "mlp"
-    assert read_checkpoint(ckpts / "last.ckpt")["epoch"] == 1

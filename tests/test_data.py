@@ -10,9 +10,17 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from torchvision.datasets import MNIST
 
-from hdr.config import ROOT, data_dir
-from hdr.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, to_float
-from hdr.download import RAW_SHA256, DataError, has_mnist, raw_dir, verify_raw_files
+from hdr.core.data import (
+    MNIST_MEAN,
+    MNIST_STD,
+    RAW,
+    DataError,
+    MNISTDataModule,
+    has_mnist,
+    raw_dir,
+    verify_raw_files,
+)
+from hdr.runs.config import ROOT, data_dir
 from tests.helpers import DATA_DIR
 
 
@@ -59,7 +67,7 @@ def test_split_is_deterministic_and_disjoint(mnist):
         return (images.double().flatten(1) @ w).sort().values
 
     split = torch.cat([mnist.splits["train"].images, mnist.splits["val"].images])
-    assert torch.allclose(prints(split), prints(to_float(official.data)))
+    assert torch.allclose(prints(split), prints((official.data.float() / 255).unsqueeze(1)))
 
 
 def test_batches_cover_the_epoch_and_eval_order_is_fixed(mnist):
@@ -83,7 +91,7 @@ def copy_data(tmp_path, damage=None) -> tuple:
     """A copy of the raw folder in tmp_path: links to the real files, one replaced if asked."""
     dest = raw_dir(tmp_path)
     dest.mkdir(parents=True)
-    for name in RAW_SHA256:
+    for name in RAW:
         (dest / name).symlink_to(raw_dir(DATA_DIR) / name)
     if damage:
         name, change = damage
@@ -121,7 +129,7 @@ def test_an_empty_folder_names_all_four_files(tmp_path):
     with pytest.raises(DataError) as err:
         MNISTDataModule(data_dir=str(tmp_path), download=False).setup()
     message = str(err.value)
-    assert all(message.count(name) == 2 for name in RAW_SHA256), message  # missing; copy these
+    assert all(message.count(name) == 2 for name in RAW), message  # missing; copy these
 
 
 def test_a_data_dir_that_is_a_file_is_named(tmp_path):
@@ -136,7 +144,7 @@ def test_an_empty_read_only_folder_with_download_on_is_named(tmp_path):
     folder = tmp_path / "read-only"
     folder.mkdir(mode=0o555)
     code = (
-        "import sys\nfrom hdr.download import DataError, download\n"
+        "import sys\nfrom hdr.core.data import DataError, download\n"
         "try:\n    download(sys.argv[1], mirrors=['http://127.0.0.1:9/'], timeout=1, deadline=5)\n"
         "except DataError as e:\n    print(e)\n    sys.exit(3)"
     )

@@ -8,8 +8,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hdr.data import MNISTDataModule
-from hdr.download import RAW_SHA256, DataError, download, raw_dir, verify_raw_files
+from hdr.core.data import (
+    RAW,
+    DataError,
+    MNISTDataModule,
+    download,
+    raw_dir,
+    verify_raw_files,
+)
 from tests.helpers import DATA_DIR
 
 SILENT_FOR = 3.0  # seconds the "slow" mirror waits before answering; the client gives up at 0.5
@@ -18,7 +24,7 @@ SILENT_FOR = 3.0  # seconds the "slow" mirror waits before answering; the client
 @pytest.fixture(scope="module")
 def mirror():
     """http://127.0.0.1:PORT/{good,truncated,wrong,slow,html}/<name>.gz; yields the base URL."""
-    good = {f"{n}.gz": gzip.compress((raw_dir(DATA_DIR) / n).read_bytes(), 1) for n in RAW_SHA256}
+    good = {f"{n}.gz": gzip.compress((raw_dir(DATA_DIR) / n).read_bytes(), 1) for n in RAW}
     labels = good["t10k-labels-idx1-ubyte.gz"]
     packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip, as the files are
     zeros = b"\0" * (64 << 20)
@@ -82,7 +88,7 @@ def leftovers(root) -> list[str]:
 def test_good_mirror_gives_verified_files_that_load(tmp_path, mirror):
     dm = MNISTDataModule(data_dir=str(tmp_path), mirrors=[f"{mirror}/good"], timeout=5)
     dm.setup()  # downloads, verifies, parses
-    assert leftovers(tmp_path) == sorted(RAW_SHA256)
+    assert leftovers(tmp_path) == sorted(RAW)
     verify_raw_files(tmp_path)
     assert len(dm.splits["train"]) == 55_000 and len(dm.splits["test"]) == 10_000
 
@@ -105,7 +111,7 @@ def test_bad_mirrors_are_skipped_in_turn(tmp_path, mirror):
     start = time.perf_counter()
     download(tmp_path, [*bad, f"{mirror}/good"], timeout=0.5, deadline=60)
     verify_raw_files(tmp_path)
-    assert leftovers(tmp_path) == sorted(RAW_SHA256)
+    assert leftovers(tmp_path) == sorted(RAW)
     # 4 files, each waiting 0.5 s on the silent mirror, not the SILENT_FOR it takes to answer
     assert time.perf_counter() - start < 4 * SILENT_FOR
 

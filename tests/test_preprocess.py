@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hdr.drawings import redraw
-from hdr.module import DigitClassifier
-from hdr.preprocess import BlankDrawing, read_picture, to_mnist
-from tests.helpers import BAD_PICTURES, write_huge, write_pictures
+from hdr.core.module import DigitClassifier
+from hdr.core.pictures import BlankDrawing, read_picture, to_mnist
+from tests.helpers import BAD_PICTURES, redraw, write_huge, write_pictures
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hdr.config import ROOT, ConfigError, check, compose
-from hdr.download import has_mnist
+from hdr.core.data import has_mnist
+from hdr.core.settings import ConfigError
+from hdr.runs.config import ROOT, check, compose
 
 BIN = Path(sys.executable).parent
 

@@ -1,6 +1,7 @@
 """Gradio's Sketchpad and server, bounded: what one request may make it decode and keep, what
-one client may send, our own decoder for its images, the 28x28 previews the page shows, and
-where the previews are kept."""
+one client may send, our decoder for its images, and the 28x28 previews the page shows.
+Gradio 6 bounds an upload's size (max_file_size) but not what its Sketchpad decodes and keeps,
+nor a client's total: tests/test_hostile.py shows each bound holding."""
 
 import hashlib
 import io
@@ -18,7 +19,7 @@ from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from hdr.preprocess import read_picture
+from hdr.core.pictures import read_picture
 from hdr.utils import write_atomic
 
 # Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
@@ -37,13 +38,13 @@ DELETE_CACHE = (60, 600)
 # blobs in a window as long as the cache keeps them: so the cache holds at most ALL_BYTES.
 CLIENT_BYTES, ALL_BYTES, WINDOW = 64 << 20, 512 << 20, DELETE_CACHE[1]
 BUDGETED = ("/gradio_api/upload", "/gradio_api/component_server")  # the POSTs that carry files
+UNSIZED = "Send the file's size (Content-Length): files of unknown size are not taken."
 
 
 class ClientBudget:
-    """ASGI middleware: the bytes each client (its address, as the server sees it: proxies'
-    headers only from --trusted-proxy) may POST in files within WINDOW seconds, and all
-    clients together. A request over either, or whose size is not declared, is refused
-    before its body is read, with one message."""
+    """ASGI middleware: the bytes each client (its address; a proxy's word only from
+    --trusted-proxy) and all clients together may POST in files within WINDOW seconds. A
+    request over either, or of undeclared size, is refused before its body is read."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -56,14 +57,7 @@ class ClientBudget:
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("unknown",))[0]
         size = dict(scope["headers"]).get(b"content-length", b"").decode()
-        refusal = (
-            self.charge(client, int(size))
-            if size.isdigit()
-            else (
-                411,
-                "Send the file's size (Content-Length): files of unknown size are not taken.",
-            )
-        )
+        refusal = self.charge(client, int(size)) if size.isdigit() else (411, UNSIZED)
         if refusal is None:
             return await self.app(scope, receive, send)
         status, message = refusal
@@ -96,9 +90,8 @@ class ClientBudget:
 
 
 def decode(file: FileData | bytes | None, flatten_on_white: bool = False) -> np.ndarray | None:
-    """A Sketchpad image (its composite or a layer), decoded by our `read_picture` rather
-    than Gradio's: a huge one is refused from its header before a pixel is decoded, and
-    16-bit, float or palette images read as /picture reads them."""
+    """A Sketchpad image decoded by our `read_picture`, not Gradio's: a huge one is refused
+    from its header, and every kind of image reads as /picture reads it."""
     if file is None:
         return None
     try:
@@ -111,11 +104,11 @@ def decode(file: FileData | bytes | None, flatten_on_white: bool = False) -> np.
 
 
 def guard(pad: gr.Sketchpad) -> None:
-    """Bound what one request can make the Sketchpad decode. Gradio decodes the background,
-    every layer and the composite of a drawing, and keeps half-sent drawings by any id and
-    layer index a client names: many layers of one huge upload took gigabytes. Here only the
-    composite is decoded when there is one (the model reads nothing else), at most
-    MAX_LAYERS layers otherwise, and at most MAX_SKETCHES half-sent drawings are held."""
+    """Bound what one request can make the Sketchpad decode and keep. Gradio decodes the
+    background, every layer and the composite, and keeps half-sent drawings by any id and
+    layer index a client names (many layers of one huge upload took gigabytes). Here: the
+    composite alone when there is one, else at most MAX_LAYERS layers; at most MAX_SKETCHES
+    half-sent drawings, MAX_SKETCH_BYTES in all."""
     preprocess, accept_blobs = pad.preprocess, pad.accept_blobs
     pad.blob_storage = OrderedDict()
 
@@ -151,7 +144,6 @@ def guard(pad: gr.Sketchpad) -> None:
 
 
 def held(blobs: OrderedDict) -> int:
-    """The bytes the half-sent drawings hold."""
     parts = [b for v in blobs.values() for b in (v.background, v.composite, *v.layers)]
     return sum(len(b) for b in parts if isinstance(b, bytes | bytearray))
 
@@ -193,9 +185,9 @@ def picture_of(value: dict | np.ndarray) -> np.ndarray:
 
 
 def preview(x: torch.Tensor) -> str:
-    """The 28x28 input blown up 6x as a PNG file, written once per content and atomically:
-    Gradio rewrites its own cached copy of an array in place, and a client fetching it
-    meanwhile got a short read."""
+    """The 28x28 input blown up 6x as a PNG file, written once per content and atomically
+    (Gradio rewrites its cached copy of an array in place: a client got a short read), in
+    Gradio's cache (app/app.py makes it a folder of its own). The newest MAX_PREVIEWS stay."""
     big = np.kron(255 * x[0, 0].numpy(), np.ones((6, 6))).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(big).save(buffer, format="png")
@@ -208,20 +200,16 @@ def preview(x: torch.Tensor) -> str:
 
 
 def previews() -> Path:
-    """The previews' folder, in Gradio's cache: app/app.py makes that a folder of its own."""
     return Path(get_upload_folder()) / "hdr-previews"
 
 
 def prune_previews() -> None:
-    """Keep the newest MAX_PREVIEWS previews: a page fetches its own within a second, and
-    Gradio copies it into its cache, which delete_cache empties."""
-    files = sorted(previews().glob("*.png"), key=_mtime)
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # deleted meanwhile by another request
+            return 0.0
+
+    files = sorted(previews().glob("*.png"), key=mtime)
     for old in files[: max(0, len(files) - MAX_PREVIEWS)]:
         old.unlink(missing_ok=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:  # deleted meanwhile by another request
-        return 0.0

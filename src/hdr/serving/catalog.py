@@ -1,16 +1,15 @@
-"""The trained models there are to serve, each loaded with a line saying what it is and why
-it is offered: first the best reader of drawings (val_drawings_acc), then the best on MNIST
-validation (best.json, what sweeps rank by), then the best run of each recipe; and the MLP
-and CNN the app compares."""
+"""The trained models the app serves, each with a line saying what it is and why it is
+offered: first the best reader of drawings (val_drawings_acc), then the best on MNIST
+validation (best.json, what sweeps rank by), then the best run of each recipe."""
 
 import logging
 from pathlib import Path
 from typing import NamedTuple
 
-from hdr.checkpoint import CheckpointError, load_model
-from hdr.drawings import STYLES, VAL_PER_STYLE
-from hdr.module import DigitClassifier
-from hdr.records import (
+from hdr.core.drawings import STYLES, VAL_PER_STYLE
+from hdr.core.module import DigitClassifier
+from hdr.runs.checkpoint import CheckpointError, load_model
+from hdr.runs.records import (
     RecordError,
     RunDir,
     best_on_drawings,
@@ -32,25 +31,21 @@ class Choice(NamedTuple):
 def load(checkpoint: str | Path | None = None, best_record: str | Path = "") -> Choice:
     """The given checkpoint, else the one `best_record` names, and what it is."""
     path = Path(checkpoint or read_best(best_record)["checkpoint"])
-    model = load_model(path)  # weights only; CheckpointError says what is wrong
+    model = load_model(path)
     result = read_result(RunDir.of_checkpoint(path).path) or {}
     net = model.hparams.net
-    shape = net.get("channels") or net.get("hidden")  # conv channels, or hidden layer sizes
-    about = f"{net['name'].upper()} {shape}, `{path}`"
+    about = f"{net['name'].upper()} {net.get('channels') or net.get('hidden')}, `{path}`"
     if isinstance(result.get("test_acc"), float):
         about += f", test accuracy {100 * result['test_acc']:.2f}%"
     return Choice(model, about, recipe_of(result) if result else "")
 
 
 def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
-    """The models to choose from, as {label: choice}, the app's default first: the best
-    reader of validation drawings under `log_dir` (people draw, they do not write MNIST),
-    then the best on MNIST validation (`best_record`), then the best run of each recipe. Each
-    label says why it is there. A record that is damaged or names an unreadable model is
-    passed over, with one line, for the others; RecordError only when there is no model."""
+    """The models to choose from, {label: choice}, the app's default first. A damaged
+    record or unreadable model is passed over, with one line; RecordError when none is left."""
     choices: dict[str, Choice] = {}
-    seen: set[Path] = set()
     errors: list[tuple[str, Exception]] = []
+    seen: set[Path] = set()
 
     def offer(why: str, checkpoint: str | None, record: str | Path = "") -> None:
         try:
@@ -65,8 +60,11 @@ def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
     drawn = best_on_drawings(log_dir)
     if drawn is not None:
         n = VAL_PER_STYLE * len(STYLES)
-        score = f"{100 * drawn['val_drawings_acc']:.1f}% of {n} validation drawings"
-        offer(f"best on drawings ({score})", drawn["checkpoint"])
+        offer(
+            f"best on drawings ({100 * drawn['val_drawings_acc']:.1f}% of {n} validation "
+            "drawings)",
+            drawn["checkpoint"],
+        )
     offer("best on MNIST validation", None, best_record)
     for run in best_per_recipe(log_dir):
         offer(run["recipe"], run["checkpoint"])
@@ -78,8 +76,7 @@ def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
 
 
 def to_compare(choices: dict[str, Choice]) -> tuple[str, str] | None:
-    """The labels of the student's MLP (by its recipe; else the best MLP) and of the best
-    CNN among the choices; None unless there are both."""
+    """The labels of the student's MLP (else the best MLP) and of the best CNN, if both."""
     mlps = [k for k, c in choices.items() if c.model.hparams.net["name"] == "mlp"]
     cnns = [k for k, c in choices.items() if c.model.hparams.net["name"] == "cnn"]
     student = [k for k in mlps if choices[k].recipe == "student"]

@@ -1,11 +1,10 @@
 """Stopping a sweep's hopeless runs early with Optuna's pruners.
 
-Every run of a sweep reports its validation accuracy after each epoch to one Optuna study
-kept in the sweep folder (SQLite), whichever launcher started it (basic, joblib, Ray, the
-Optuna sweeper); the pruner compares it with the other runs at the same epoch and stops it
-when it is losing. hydra-optuna-sweeper cannot prune (its jobs never see their trial), so the
-study here is our own, beside the sweeper's.
-"""
+Every run of a sweep reports its validation accuracy after each epoch to one Optuna study in
+the sweep folder (SQLite), whichever launcher started it; the pruner compares it with the
+other runs at the same epoch. hydra-optuna-sweeper cannot prune (its jobs never see their
+trial), and Optuna 2.10's PyTorchLightningPruningCallback is a `pytorch_lightning` callback,
+which a `lightning` Trainer refuses: hence this one."""
 
 import logging
 import math
@@ -27,46 +26,23 @@ def study_url(sweep_dir: str, storage: str | None = None) -> str:
     return storage or f"sqlite:///{sweep_dir}/{STUDY}.db"
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna storage that waits for a lock another run holds (SQLite allows one writer)
-    rather than failing at once."""
-    import optuna
+def open_study(url: str, pruner: Any = None) -> Any:
+    """The sweep's study, made if new. SQLite allows one writer: wait for its lock."""
+    import optuna  # 1.6 s to import: only sweeps that prune pay for it
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-
-
-def create_study(url: str) -> None:
-    """Create the sweep's pruning study once, before its runs start (two runs creating one
-    SQLite schema at the same moment collide); a study already there is kept."""
-    import optuna
-
-    optuna.create_study(
-        storage=open_storage(url), study_name=STUDY, direction="maximize", load_if_exists=True
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return optuna.create_study(
+        storage=storage, study_name=STUDY, pruner=pruner, direction="maximize", load_if_exists=True
     )
-
-
-def retried(what: str, fn: Any) -> Any:
-    """fn(), tried up to TRIES times while the study is busy (a lock, a connection)."""
-    for attempt in range(TRIES):
-        try:
-            return fn()
-        except Exception as e:  # sqlalchemy's OperationalError and kin, by any name
-            if attempt == TRIES - 1:
-                raise RuntimeError(f"{what}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-            time.sleep(0.5 * 2**attempt)
-    return None
 
 
 class Pruning(L.Callback):
     """Report `monitor` every epoch; stop the run when the sweep's pruner says so.
-
-    method: none | median (below the median of the finished runs at that epoch) | halving
-    (successive halving: at epochs 1, 3, 9, ... only the best third goes on).
-    Inert outside a multirun, and with method none. A study that cannot be reached (damaged,
-    gone, busy past its retries) turns pruning off for this run with one warning: it never
-    fails the run.
-    """
+    method: none | median (below the median of the runs at that epoch) | halving (successive
+    halving: at epochs 1, 3, 9, ... only the best third goes on). Inert outside a multirun.
+    A study that cannot be reached (damaged, gone, busy past its retries) turns pruning off
+    for this run with one warning: it never fails the run."""
 
     def __init__(
         self,
@@ -86,7 +62,7 @@ class Pruning(L.Callback):
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         if stage != "fit" or self.method == "none" or not multirun or not trainer.is_global_zero:
             return
-        import optuna  # only sweeps that prune pay for the import
+        import optuna  # as in open_study
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.url = study_url(HydraConfig.get().sweep.dir, self.storage)
@@ -96,50 +72,41 @@ class Pruning(L.Callback):
             else optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
         )
 
-        def ask() -> Any:  # the sweep made the study; a run started some other way makes it
-            storage = open_storage(self.url)
-            self.study = optuna.create_study(
-                storage=storage,
-                study_name=STUDY,
-                pruner=pruner,
-                direction="maximize",
-                load_if_exists=True,
-            )
+        def ask() -> Any:
+            self.study = open_study(self.url, pruner)
             return self.study.ask()
 
         self.trial = self._guard("open the study", ask)
 
     def _guard(self, what: str, fn: Any) -> Any:
-        """fn() with retries; on failure pruning is off for this run, said once."""
-        try:
-            return retried(what, fn)
-        except RuntimeError as e:
-            log.warning(
-                "Pruning is off for this run: could not %s in %s (%s). If that file is "
-                "damaged, delete it: the next sweep starts a new study.",
-                what,
-                self.url,
-                e.__cause__ or e,
-            )
-            self.trial = None
-            return None
+        """fn(), retried while the study is busy; on failure pruning is off, said once."""
+        for attempt in range(TRIES):
+            try:
+                return fn()
+            except Exception as e:  # sqlalchemy's OperationalError and kin, by any name
+                if attempt == TRIES - 1:
+                    log.warning(
+                        "Pruning is off for this run: could not %s in %s (%s: %s). If that "
+                        "file is damaged, delete it: the next sweep starts a new study.",
+                        what, self.url, type(e).__name__, str(e).splitlines()[0],
+                    )  # fmt: skip
+                    self.trial = None
+                    return None
+                time.sleep(0.5 * 2**attempt)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         if self.trial is None or trainer.sanity_checking or self.monitor not in metrics:
             return
-        value = float(metrics[self.monitor])
+        value, epoch, trial = float(metrics[self.monitor]), trainer.current_epoch + 1, self.trial
         self.best = max(self.best, value)
-        epoch = trainer.current_epoch + 1  # epochs done: the pruner's "step"
-        trial = self.trial
 
         def report() -> bool:
             trial.report(value, step=epoch)
             return epoch >= self.warmup_epochs and trial.should_prune()
 
         if self._guard("report to the study", report):
-            self.pruned_at = epoch
-            trainer.should_stop = True
+            self.pruned_at, trainer.should_stop = epoch, True
             log.info(
                 "Pruned after epoch %d: %s %.4f is losing to the sweep's other runs.",
                 epoch,
@@ -148,11 +115,11 @@ class Pruning(L.Callback):
             )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.trial is None:
-            return
-        import optuna
-
         trial = self.trial
+        if trial is None:
+            return
+        import optuna  # as in open_study
+
         if self.pruned_at is not None:
             self._guard(
                 "close the trial",

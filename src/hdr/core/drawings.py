@@ -1,7 +1,7 @@
 """Drawings as people make them, built from MNIST digits: how well a model reads them.
 
 Four styles, each a picture the app may receive, read through the app's own preprocessing
-(hdr.preprocess.to_mnist); their pen widths were set while our models were built, so they
+(hdr.core.pictures.to_mnist); their pen widths were set while our models were built, so they
 flatter us a little:
 - canvas: a 400x400 white canvas, black ink, any pen from thin to a thick marker;
 - thin_pen: the student's 100x100 canvas with a thin pen;
@@ -11,30 +11,24 @@ Each digit is drawn as a pen draws: the centre lines of its strokes traced with 
 style's width, so a thin pen never breaks a stroke (eroding MNIST's strokes did, into dashes
 no pen makes). Each drawing also varies in size, place, slant, aspect and rotation.
 
-Two more styles are held out (HELD_OUT): no model, setting or choice here was ever tuned on
-them. A different generator makes them: the centre lines re-traced as a mouse moves, its
-position read at a coarse rate and joined by straight segments (jagged), through a slant of
-its own, with a round brush of a random width; `mouse` on a white canvas, `mouse_scan`
-scanned at low resolution.
-
+Two more styles, made by another generator, are held out: benchmarks/drawings.py.
 A fixed seed makes the same drawings every time. Made from *test* digits they measure; made
 from *validation* digits (`val/drawings_acc`) they choose which model the app serves. They
 never train. scikit-learn's digits are kept for an outside check.
 """
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 
-from hdr.preprocess import to_mnist
+from hdr.core.pictures import to_mnist
 
 STYLES = ("canvas", "thin_pen", "layer", "scan")
-HELD_OUT = ("mouse", "mouse_scan")  # never tuned on: benchmarks/drawings.py reports the gap
-VAL_PER_STYLE = 100  # validation drawings of each style that rank runs for the app: one count,
-# so every run's val/drawings_acc compares
+VAL_PER_STYLE = 100  # validation drawings a style that rank runs for the app, for every run
 SCALE = 6  # strokes are drawn at 6x MNIST's resolution, 168 x 168
 
 
@@ -135,12 +129,7 @@ def draw(lines: torch.Tensor, style: str, rng: np.random.Generator) -> np.ndarra
             slant(pen_path(lines, int(rng.integers(13, 29))), rng), 200, rng.uniform(0.5, 0.9), rng
         )
         return scan(ink, rng)
-    if style == "mouse":
-        return np.repeat((255 * (1 - mouse(lines, 400, rng))).astype(np.uint8)[..., None], 3, 2)
-    if style == "mouse_scan":
-        return scan(mouse(lines, 200, rng), rng)
-    styles = ", ".join((*STYLES, *HELD_OUT))
-    raise ValueError(f"Unknown drawing style {style!r}: choose one of {styles}.")
+    raise ValueError(f"Unknown drawing style {style!r}: choose one of {', '.join(STYLES)}.")
 
 
 def scan(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -156,52 +145,13 @@ def scan(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(grey, 0, 255).astype(np.uint8)
 
 
-def mouse(lines: torch.Tensor, canvas: int, rng: np.random.Generator) -> np.ndarray:
-    """The held-out generator: centre lines [168, 168] re-traced as a mouse draws them, as
-    [canvas, canvas] ink in [0, 1]. Each pixel of the lines goes through a slant, stretch and
-    turn drawn here (not slant()'s), is read at the mouse's coarse rate (snapped to a grid of
-    1.5-3.5% of the canvas, each grid point a little off), and neighbouring pixels are joined
-    by straight segments of a round brush 2-7% of the canvas wide."""
-    ys, xs = np.nonzero(lines.numpy())
-    if len(xs) == 0:
-        return np.zeros((canvas, canvas), np.float32)
-    pts = np.stack([xs, ys], 1).astype(np.float64) - lines.shape[-1] / 2
-    lean = np.radians(rng.normal(0, 10))  # a person's lean, mostly to the right
-    turn, stretch = np.radians(rng.normal(0, 6)), rng.uniform(0.7, 1.2)
-    matrix = np.array([[stretch, -np.tan(lean)], [0, 1]]) @ np.array(
-        [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
-    )
-    pts = pts @ matrix.T
-    size = rng.uniform(0.35, 0.8) * canvas  # the digit's 28 px frame, on the canvas
-    pts *= size / lines.shape[-1]
-    step = rng.uniform(0.015, 0.035) * canvas
-    width = max(2, round(rng.uniform(0.02, 0.07) * canvas))
-    margin = width / 2 + step  # the brush and the wobble stay on the canvas
-    span = pts.max(0) - pts.min(0)
-    pts += margin + rng.uniform(0, np.maximum(canvas - span - 2 * margin, 1)) - pts.min(0)
-    cells = np.round(pts / step).astype(int)
-    wobble = rng.normal(0, step / 6, size=(cells.max() + 2, cells.max() + 2, 2))
-    snapped = cells * step + wobble[cells[:, 0], cells[:, 1]]
-    picture = Image.new("L", (canvas, canvas), 0)
-    pen = ImageDraw.Draw(picture)
-    where = {(int(y), int(x)): i for i, (x, y) in enumerate(zip(xs, ys, strict=True))}
-    for (y, x), i in where.items():
-        for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each pair of neighbours once
-            j = where.get((y + dy, x + dx))
-            if j is not None and tuple(cells[i]) != tuple(cells[j]):
-                pen.line([tuple(snapped[i]), tuple(snapped[j])], fill=255, width=width)
-    r = width / 2
-    for x, y in {tuple(p) for p in snapped}:  # the round brush's ends and joints
-        pen.ellipse([x - r, y - r, x + r, y + r], fill=255)
-    return np.asarray(picture, np.float32) / 255
-
-
 def make_drawings(
     images: torch.Tensor,
     targets: torch.Tensor,
     per_style: int,
     seed: int = 0,
     styles: tuple[str, ...] = STYLES,
+    draw: Any = draw,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """`per_style` drawings of each style, each read as the app reads it: {style: (inputs
     [N, 1, 28, 28], labels [N])}. The digits are drawn at random (fixed seed) from `images`
@@ -227,22 +177,3 @@ def accuracy(
             total += len(y)
     everything = sum(hits[s] * len(drawings[s][1]) for s in hits) / total
     return {**hits, "all": everything}
-
-
-def redraw(digit: torch.Tensor, canvas: int, size: float, where: str, thick: bool) -> np.ndarray:
-    """An MNIST digit as a person might draw it: black strokes on a transparent RGBA canvas.
-
-    size: the height of the digit's 28x28 frame as a share of the canvas; where: "centre"
-    or "corner"; thick: a brush about a third wider than MNIST's pen.
-    """
-    strokes = (digit[0] > 0.4).float()[None, None]  # the pen's path, without MNIST's grey
-    big = F.interpolate(strokes, scale_factor=12, mode="nearest")  # 336 x 336
-    if thick:
-        big = F.max_pool2d(big, kernel_size=9, stride=1, padding=4)
-    side = round(canvas * size)  # the brush scales with the drawing, as on a real canvas
-    big = F.interpolate(big, size=(side, side), mode="area" if side < 336 else "bilinear")
-    big = big[0, 0].clamp(0, 1).numpy()
-    rgba = np.zeros((canvas, canvas, 4), np.uint8)
-    top = canvas // 20 if where == "corner" else (canvas - side) // 2
-    rgba[top : top + side, top : top + side, 3] = (255 * big).astype(np.uint8)
-    return rgba

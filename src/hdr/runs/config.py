@@ -1,0 +1,215 @@
+"""Where the config lives and how it is composed: conf/, its resolvers, the schemas Hydra
+types `model` and `data` by (the config objects of hdr.core, whose checks name a bad value),
+`compose(overrides)`, and `check(cfg)`, the rules that span groups, before anything is built.
+YAML sets only what differs from the config objects' defaults."""
+
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from hdr.core.data import has_mnist
+from hdr.core.models import NETS, count_params
+from hdr.core.settings import ConfigError, DataConfig, ModelConfig, choice, require
+from hdr.runs.records import RunDir, best_per_recipe
+from hdr.utils import cpu_precision
+
+# conf/ sits at the top of the checkout (an editable install), as do data/ and outputs/.
+ROOT = Path(__file__).resolve().parents[3]
+CONF_DIR = str(ROOT / "conf")
+PRUNERS = ("none", "median", "halving")  # sweep.prune; hdr.runs.prune builds each
+# The trainer group stays open (+trainer.KEY=...), and Lightning accepts max_epochs="abc" or
+# check_val_every_n_epoch=0: the keys people set most, checked here (least, example).
+TRAINER_INTS = {
+    "max_epochs": (-1, "10 (-1: no limit)"),
+    "min_epochs": (0, "1"),
+    "max_steps": (-1, "1000 (-1: no limit)"),
+    "check_val_every_n_epoch": (1, "1"),
+    "log_every_n_steps": (1, "10"),
+    "accumulate_grad_batches": (1, "1"),
+}
+
+
+def data_dir() -> str:
+    """`paths.data_dir`, the one rule for every way in: HDR_DATA_DIR; else data/ of the
+    checkout, or ../shared/data beside it, whichever holds MNIST; else data/ (downloaded)."""
+    if os.environ.get("HDR_DATA_DIR"):
+        return os.environ["HDR_DATA_DIR"]
+    own, shared = ROOT / "data", ROOT.parent / "shared" / "data"
+    return str(next((d for d in (own, shared) if has_mnist(d)), own))
+
+
+def best_of(recipe: str, log_dir: str) -> str:
+    """The checkpoint of the best finished run of `recipe` (init_from of app_tuned)."""
+    runs = [r for r in best_per_recipe(log_dir) if r["recipe"] == recipe]
+    if not runs:
+        raise ConfigError(
+            f"No finished experiment={recipe} run under {log_dir} to start from: train one "
+            f"(python -m hdr.train experiment={recipe}), or give init_from=<a .ckpt>."
+        )
+    return runs[0]["checkpoint"]
+
+
+RESOLVERS = {
+    "hdr.root": lambda: str(ROOT),
+    "hdr.data_dir": data_dir,
+    "hdr.cpu_precision": cpu_precision,
+    "hdr.best_of": best_of,
+    # a run folder's parts by name: ${hdr.run:${paths.output_dir},checkpoints}
+    "hdr.run": lambda folder, part: str(getattr(RunDir(Path(folder)), part)),
+    # the student's search space (conf/hparams_search/_student.yaml) in sweepers' syntax
+    "hdr.nets": lambda widths, depths: ",".join(
+        "[" + ",".join([str(w)] * d) + "]" for d in depths for w in widths
+    ),
+    "hdr.range": lambda low, high, step: f"range({low},{high + 1},{step})",
+    "hdr.int_range": lambda low, high, step: f"range({low},{high},step={step})",
+    "hdr.log_interval": lambda values: "tag(log, interval({}, {}))".format(
+        min(values.split(","), key=float), max(values.split(","), key=float)
+    ),
+}
+for name, resolver in RESOLVERS.items():
+    OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
+@dataclass
+class MNISTData(DataConfig):
+    _target_: str = "hdr.core.data.MNISTDataModule"
+    _convert_: str = "all"  # lists reach the DataModule (and checkpoints) as plain lists
+
+
+def model_schema(net: type) -> type:
+    """The `model` schema for a net config class, a name of this module (a sweep's jobs
+    unpickle their configs, which find their classes by name)."""
+    name = f"{net.__name__.removesuffix('Config')}Model"
+    schema = make_dataclass(
+        name,
+        [
+            ("_target_", str, field(default="hdr.core.module.DigitClassifier")),
+            ("_convert_", str, field(default="all")),
+            ("net", net, field(default_factory=net)),
+        ],
+        bases=(ModelConfig,),
+    )
+    schema.__module__ = __name__
+    globals()[name] = schema
+    return schema
+
+
+MODEL_SCHEMAS = {name: model_schema(net) for name, (net, _) in NETS.items()}
+
+
+def register_schemas() -> None:
+    """Offer the schemas to Hydra, outside the groups, so they are never listed as options."""
+    store = ConfigStore.instance()
+    for name, schema in MODEL_SCHEMAS.items():
+        store.store(name=f"schema_model_{name}", node=schema)
+    store.store(name="schema_data_mnist", node=MNISTData)
+
+
+def compose(overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
+    """The real config with `overrides`, as `python -m hdr.train` composes it."""
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def root_keys() -> set[str]:
+    """The keys the root of the config may hold: conf/train.yaml's own, and its groups'."""
+    own = set(OmegaConf.load(Path(CONF_DIR) / "train.yaml")) - {"defaults"}
+    return own | {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()}
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key that is not allowed: unknown keys, the
+    trainer's counts and the rules across groups. (Each group's own values are checked by
+    its config object as it is built.)"""
+    known = root_keys()
+    for key in cfg:
+        if key not in known:  # `+lr=0.1` for model.lr: Hydra adds any key a + asks for
+            near = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise ConfigError(
+                f"{key} is not a key of the config: {hint}The root takes "
+                f"{', '.join(sorted(known))}; a group's key is set with its group, e.g. "
+                "model.lr=0.001."
+            )
+    for group in ("data", "model"):
+        _no_unknown_keys(cfg[group], group)
+        OmegaConf.to_object(cfg[group])  # builds the config objects: their checks run
+    for key, (least, example) in TRAINER_INTS.items():
+        value = cfg.trainer.get(key)
+        ok = value is None or (type(value) is int and value >= least)
+        require(ok, f"trainer.{key}", value, f"a whole number >= {least}, e.g. {example}")
+    for key in ("max_epochs", "max_steps"):
+        rule = "a run must train: 1 or more (-1: no limit)"
+        require(cfg.trainer.get(key) != 0, f"trainer.{key}", 0, rule)
+    limit = cfg.trainer.get("limit_train_batches")
+    ok = (
+        limit is None
+        or (type(limit) is int and limit >= 1)
+        or (type(limit) is float and 0 < limit <= 1)
+    )
+    require(
+        ok,
+        "trainer.limit_train_batches",
+        limit,
+        "a run must train: a count >= 1, or a share in (0, 1]",
+    )
+    endless = all(cfg.trainer.get(k, -1) in (None, -1) for k in ("max_epochs", "max_steps"))
+    rule = "its schedule needs a known length: set trainer.max_epochs (or max_steps)"
+    require(
+        cfg.model.scheduler == "none" or not endless, "model.scheduler", cfg.model.scheduler, rule
+    )
+    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda"):
+        rule = "torch sees no CUDA GPU here: train on the CPU with trainer=cpu (the default)"
+        require(torch.cuda.is_available(), "trainer.accelerator", cfg.trainer.accelerator, rule)
+    path = cfg.get("ckpt_path")
+    ok = path is None or (isinstance(path, str) and path.strip() != "")
+    require(ok, "ckpt_path", path, "give the path of a .ckpt, or leave it null")
+    if not cfg.get("train"):
+        rule = "train=false tests a checkpoint: give ckpt_path=PATH, or leave train on"
+        require(cfg.get("ckpt_path"), "train", False, rule)
+        require(cfg.get("test"), "test", False, "with train=false too there is nothing to do")
+    seed = cfg.get("seed")
+    ok = seed is None or (type(seed) is int and 0 <= seed < 2**32)
+    require(ok, "seed", seed, "a whole number from 0 to 4294967295, or null for a random one")
+    metric = str(cfg.get("optimized_metric"))
+    rule = "sweeps choose by validation, never by the test set: use val/acc_best"
+    require(not metric.startswith("test/"), "optimized_metric", metric, rule)
+    net = OmegaConf.to_container(cfg.model.net)
+    params, memory = count_params(**net), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = 16 * params  # 4 bytes each: the weights, their gradients, Adam's two moments
+    rule = (
+        f"its {params:,} parameters need about {need / 2**30:.0f} GiB to train, more than 80% "
+        f"of this machine's {memory / 2**30:.0f} GiB: use fewer or smaller layers"
+    )
+    require(need <= 0.8 * memory, "model.net", net, rule)
+    threads, cores = cfg.get("torch_threads"), os.cpu_count() or 1
+    ok = threads in (None, "auto") or (type(threads) is int and 1 <= threads <= cores)
+    rule = f"auto, or a whole number of threads per run, 1 to {cores} (this machine's cores)"
+    require(ok, "torch_threads", threads, rule)
+    if "sweep" in cfg:
+        choice("sweep.prune", cfg.sweep.prune, PRUNERS)
+
+
+def _no_unknown_keys(node: Any, prefix: str) -> None:
+    # Hydra's `+key=value` adds a key even to a typed config; catch it before it reaches code.
+    if not isinstance(node, DictConfig) or not is_dataclass(OmegaConf.get_type(node)):
+        return
+    known = {f.name for f in fields(OmegaConf.get_type(node))}
+    for key in node:
+        if key not in known:
+            raise ConfigError(
+                f"{prefix}.{key} is not a known key: {prefix} takes {', '.join(sorted(known))}."
+            )
+        _no_unknown_keys(node._get_node(key), f"{prefix}.{key}")
