@@ -32,6 +32,7 @@ def test_each_style_is_a_picture_as_the_app_receives_it(mnist):
         draw(lines, "oil", rng)
 
 
+@pytest.mark.slow
 def test_drawings_are_the_same_every_time_and_mostly_read_right(mnist, well_trained_checkpoint):
     test = mnist.splits["test"]
     first = make_drawings(test.images, test.targets, 25)

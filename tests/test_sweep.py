@@ -350,7 +350,7 @@ def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path):
     # Runs at once share the study too: test_four_runs_at_once_share_one_pruning_study...
     args = (
         "model.lr=0.01,0.003,1e-7,1e-8",
-        "trainer.max_epochs=3",
+        "trainer.max_epochs=2",
         "sweep.prune=median",
         "callbacks.pruning.startup_runs=2",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",

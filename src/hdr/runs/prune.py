@@ -83,8 +83,8 @@ class Pruning(L.Callback):
         for attempt in range(TRIES):
             try:
                 return fn()
-            except Exception as e:  # sqlalchemy's OperationalError and kin, by any name
-                if attempt == TRIES - 1:
+            except Exception as e:  # sqlalchemy's errors, by any name
+                if attempt == TRIES - 1 or "locked" not in str(e):  # damaged: no use waiting
                     log.warning(
                         "Pruning is off for this run: could not %s in %s (%s: %s). If that "
                         "file is damaged, delete it: the next sweep starts a new study.",
