@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
+
 from hdr.core.data import MNISTDataModule
 from hdr.runs.config import data_dir
 from hdr.utils import cpu_description

@@ -15,13 +15,17 @@ then prints the bf16 matmul rate and says why it does not train.
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 
 from hdr.runs.config import check, compose
 from hdr.utils import cpu_description, cpu_precision

@@ -8,9 +8,13 @@ app's canvas size. Prints one line per checkpoint: parameters, p50 and p99 in mi
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 
 from hdr.core.data import MNISTDataModule
 from hdr.core.module import DigitClassifier

@@ -13,10 +13,14 @@ top operators by own time.
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 from hydra.utils import instantiate
 from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 
 from hdr.runs.config import check, compose
 from hdr.utils import cpu_description

@@ -12,12 +12,16 @@ a recipe holds only if every seed reaches the target.
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 
 from hdr.runs.config import check, compose
 from hdr.utils import cpu_description

@@ -14,12 +14,16 @@ divergence check). Prints the median seconds per epoch of each and the ratio our
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 
 from hdr.core.module import build_optimizer
 from hdr.runs.config import check, compose

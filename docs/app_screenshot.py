@@ -8,8 +8,11 @@ import math
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
 
 from tests.helpers import BROWSER_ARGS, CHROMIUM, wait_listening
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tests.helpers
+
 from tests.helpers import BROWSER_ARGS, CHROMIUM, wait_listening
 
 if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
