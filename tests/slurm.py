@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from tests.helpers import free_port
+
 PACKAGES = ["slurm-wlm", "munge"]
 MUNGE_PID = Path("/run/munge/munged.pid")
 
@@ -32,14 +34,6 @@ def unavailable() -> str | None:
         if done.returncode != 0:
             return f"apt-get could not install {' '.join(PACKAGES)}: {done.stderr[-300:]}"
     return None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid_file: Path) -> int | None:
