@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser train app test lint clean
+.PHONY: install browser train app test lint lock clean
 
 $(BIN)/hdr-train: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: install browser  ## every test, slow ones included; add ARGS='-m "not slow
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# Pin every package of the dev install in constraints.txt as installed now (run it once the
+# tests pass): its comments are kept, the pins rewritten from pip freeze.
+lock: install
+	{ grep '^#' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache  # outputs/ (your runs) is kept

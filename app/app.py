@@ -4,6 +4,7 @@ import argparse
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -89,8 +90,8 @@ def make_predict_picture(model: DigitClassifier):
             return "Upload a picture of a digit", None
         try:
             x = to_mnist(read_picture(path))
-        except BlankDrawing:
-            return "No digit in this picture: it is one flat colour. Upload one digit.", None
+        except BlankDrawing:  # a flat colour, a dot, or a blank first frame of several
+            return "No digit in this picture (read from its first frame): upload one digit.", None
         except ValueError as e:  # not a picture, damaged, too large: the message says which
             return str(e), None
         return classify(model, x)
@@ -122,7 +123,8 @@ def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
         try:
             seen = to_mnist(image)  # first: it reads the drawing as /predict does, or says why
             client = request.client.host  # the socket's peer, or what a trusted proxy says
-            return corrections.add(picture_of(image), seen, digit, label, client=client)
+            about = choices[label].about  # the run's name, never a path on the server
+            return corrections.add(picture_of(image), seen, digit, about, client=client)
         except ValueError as e:  # refused (the limits), blank, or not a drawing
             return str(e)
 
@@ -130,7 +132,10 @@ def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
         """For a drawing: the top 3 of the student's MLP and of the best CNN."""
         return tuple(make_predict(models[label])(image)[0] for label in compare)
 
-    with gr.Blocks(title="hdr: draw a digit", delete_cache=DELETE_CACHE) as demo:
+    # analytics_enabled=False: Gradio's telemetry would tell its servers about every launch.
+    with gr.Blocks(
+        title="hdr: draw a digit", delete_cache=DELETE_CACHE, analytics_enabled=False
+    ) as demo:
         gr.Markdown(
             "## Draw a digit\n"
             f"Model: {default}.\n\n"
@@ -197,6 +202,9 @@ def main() -> None:
         "env HDR_TRUSTED_PROXIES); default none: a client is the address it connects from",
     )
     args = parser.parse_args()
+    # systemd and Docker stop a server with SIGTERM: end as Ctrl-C does, so that the atexit
+    # above removes the temporary folder with every user's uploads.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # uvicorn believes X-Forwarded-For from these alone (its own default trusts 127.0.0.1,
     # so any local client could pose as a new person at each request).
     os.environ["FORWARDED_ALLOW_IPS"] = args.trusted_proxy
@@ -215,6 +223,8 @@ def main() -> None:
             max_file_size=MAX_UPLOAD,
             app_kwargs={"middleware": [Middleware(ClientBudget)]},
         )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Gradio waits for them: a normal exit
+        pass
     except (OSError, ValueError) as e:  # a port in use, a host that is no address here
         sys.exit(
             f"Error: cannot serve on {args.host}:{args.port} ({str(e).splitlines()[0]}). "

@@ -154,6 +154,19 @@ def test_predict_reads_a_drawing_and_declines_a_blank(trained_checkpoint, digits
     assert predict(None) == ("Draw a digit", None)
 
 
+@pytest.mark.parametrize("name", ["animated.gif", "pages.tif"])
+def test_a_picture_whose_first_frame_is_blank_is_told_so_not_one_flat_colour(
+    trained_checkpoint, digits, tmp_path, name
+):
+    from app.app import make_predict_picture
+
+    digit = Image.fromarray(255 - redraw(digits.images[0], 300, 0.6, "centre", True)[..., 3])
+    blank = Image.new("L", digit.size, 255)
+    blank.save(tmp_path / name, save_all=True, append_images=[digit, digit])
+    said, _ = make_predict_picture(load_model(trained_checkpoint).model)(str(tmp_path / name))
+    assert said == "No digit in this picture (read from its first frame): upload one digit."
+
+
 @pytest.fixture(scope="module")
 def cnn_checkpoint(tmp_path_factory) -> Path:
     """A small CNN, briefly trained: enough to read clear digits."""
@@ -354,7 +367,7 @@ def test_browser_draws_submits_corrects_and_clears(server, corrections_dir, tmp_
         page.get_by_role("button", name="Keep this correction").click()
         expect(page.get_by_text("Kept: this drawing is a 1")).to_be_visible(timeout=30_000)
         (entry,) = read_entries(corrections_dir)
-        assert entry["label"] == 1 and entry["model"].startswith("student: MLP")
+        assert entry["label"] == 1 and entry["model"].startswith("MLP [1400], `mlp.ckpt`")
         images, _ = read_dataset(corrections_dir)
         assert images.shape == (1, 1, 28, 28) and images.sum() > 20  # the 7's strokes
         # Another model from the dropdown reads the drawing at once.
@@ -522,7 +535,8 @@ def test_api_hostile_corrections_get_a_message_and_write_nothing(
     assert sum(a.startswith("Kept") for a in answers) <= 1 + seconds / 2, seconds
     assert all(a.startswith(("Kept", "Too fast", "Already kept")) for a in answers)
     assert files() == kept
-    assert len(kept) == len(before) + 2 + (not before)  # the one kept: 2 pictures (+ index)
+    # the one kept: 2 pictures (+ the index and the client key)
+    assert len(kept) == len(before) + 2 + 2 * (not before)
 
 
 @contextlib.contextmanager
@@ -606,7 +620,9 @@ def test_with_app_and_cnn_trained_the_page_opens_on_the_app_model_and_learns_a_c
             expect(page.get_by_text(f"Model: {why}: CNN [32, 64, 128]")).to_be_visible(
                 timeout=30_000
             )
-            expect(page.get_by_text(app_run["checkpoint"])).to_have_count(1)
+            run_name = Path(app_run["dir"]).name  # its run's name, not the server's path
+            expect(page.get_by_text(run_name, exact=True)).to_have_count(1)
+            expect(page.get_by_text(str(tmp_path))).to_have_count(0)
             draw_a_seven(page)
             keep_correction(page, "7")
             expect(page.get_by_text("Kept: this drawing is a 7")).to_be_visible(timeout=30_000)
@@ -620,7 +636,7 @@ def test_with_app_and_cnn_trained_the_page_opens_on_the_app_model_and_learns_a_c
             )
         browser.close()
     (entry,) = read_entries(tmp_path / "corrections")
-    assert entry["label"] == 7 and entry["model"].startswith(why)
+    assert entry["label"] == 7 and entry["model"].startswith("CNN [32, 64, 128], run `")
     tuned = run_cli(["experiment=app_tuned", "+trainer.limit_train_batches=3", *small], tmp_path)
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     said = tuned.stdout + tuned.stderr

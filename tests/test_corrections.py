@@ -61,7 +61,7 @@ def test_a_correction_keeps_its_drawing_28x28_label_model_and_time_and_survives_
     assert len((tmp_path / INDEX).read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize("label", [11, -1, "seven", None, "", 3.5, "../x", "1 2"])
+@pytest.mark.parametrize("label", [11, -1, "seven", None, "", 3.5, "../x", "1 2", "²", "٣"])
 def test_a_label_that_is_no_digit_is_refused_and_writes_nothing(tmp_path, drawing, label):
     picture, seen = drawing(0)
     with pytest.raises(ValueError, match="not a digit"):
@@ -139,7 +139,8 @@ def test_damaged_lines_and_pictures_are_skipped_and_the_rest_read(tmp_path, draw
     lines = index.read_text().splitlines()
     # a torn last line (a kill or a full disk mid-write), garbage, and a forged id
     forged = json.dumps({"id": "../../etc/passwd", "label": 1, "model": "x", "time": 0})
-    index.write_text("\n".join([lines[0], "{not json", forged, lines[1], lines[2][:20]]))
+    odd = json.dumps({"id": json.loads(lines[0])["id"], "label": 2, "client": [1]})
+    index.write_text("\n".join([lines[0], "{not json", forged, odd, lines[1], lines[2][:20]]))
     (tmp_path / "drawings" / f"{json.loads(lines[1])['id']}.28.png").write_bytes(b"cut")
     assert [e["label"] for e in read_entries(store.folder)] == [4, 5]
     images, labels = read_dataset(store.folder)
@@ -193,6 +194,72 @@ def test_a_line_nested_deep_or_a_huge_picture_is_skipped_not_raised(tmp_path, dr
     assert [e["label"] for e in read_entries(restarted.folder)] == [4, 5]
     assert read_dataset(restarted.folder)[1].tolist() == [4]
     assert "Skipped 2 damaged line(s)" in caplog.text and "Skipped 1 missing" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "model, kept",
+    [
+        ("/" + "d" * 949, True),  # a 950-character checkpoint path
+        ("/" + "é" * 217, True),  # 218 characters, 6 bytes each in JSON
+        ("😀" * 120, False),  # 12 bytes each: over MAX_LINE even cut short
+    ],
+    ids=["950-chars", "218-non-ascii", "emoji"],
+)
+def test_a_correction_is_kept_only_if_it_reads_back_whatever_the_models_name(
+    tmp_path, drawing, model, kept
+):
+    store = Corrections(tmp_path)
+    try:
+        said = store.add(*drawing(0), 4, model, "a")
+    except ValueError as e:
+        said = str(e)
+    assert said.startswith("Kept") == kept, said
+    entries = read_entries(tmp_path)
+    assert [e["label"] for e in entries] == ([4] if kept else []), said
+    if kept:
+        assert entries[0]["model"] == model[: corr.MAX_MODEL]
+    else:
+        assert "over 1024 bytes. Nothing was kept" in said
+        assert not (tmp_path / "drawings").exists()
+
+
+def test_three_clients_agreeing_are_not_overruled_by_one_and_a_change_of_mind_counts_once(
+    tmp_path, drawing
+):
+    picture, seen = drawing(0)
+    store = Corrections(tmp_path)
+    for client in "abc":
+        assert keep(store, picture, seen, 3, client).startswith("Kept: this drawing is a 3")
+    said = keep(store, picture, seen, 5, "d")
+    assert said.startswith("Kept your 5. This drawing stays a 3"), said
+    assert [e["label"] for e in read_entries(tmp_path)] == [3]
+    for label in (5, 7, 5):  # "b" changes its mind twice: one voice, its latest
+        keep(store, picture, seen, label, "b")
+    assert [e["label"] for e in read_entries(tmp_path)] == [3]  # a, c: 3; b, d: 5; 3 held longest
+    said = keep(Corrections(tmp_path), picture, seen, 5, "e")  # after a restart too
+    assert said.startswith("Kept: this drawing is a 5"), said
+    assert [e["label"] for e in read_entries(tmp_path)] == [5]
+
+
+def test_client_ids_are_keyed_with_a_secret_made_once_beside_the_corrections(tmp_path, drawing):
+    import hashlib
+
+    keep(tmp_path / "one", *drawing(0), 4, client="10.0.0.1")
+    keep(tmp_path / "one", *drawing(1), 4, client="10.0.0.1")  # another instance, same key
+    keep(tmp_path / "two", *drawing(0), 4, client="10.0.0.1")
+    key = tmp_path / "one" / corr.KEY
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    ids = [e["client"] for f in ("one", "two") for e in read_entries(tmp_path / f)]
+    assert ids[0] == ids[1] != ids[2]  # the same client in one folder; unlinkable across
+    assert hashlib.sha256(b"hdr-client 10.0.0.1").hexdigest()[:16] not in ids
+
+
+def test_a_drawings_folder_that_is_a_file_is_named_as_such(tmp_path, drawing):
+    (tmp_path / "drawings").write_text("not a folder")
+    with pytest.raises(ValueError) as refused:
+        keep(tmp_path, *drawing(0), 5)
+    assert f"{tmp_path / 'drawings'} is a file where a folder belongs" in str(refused.value)
+    assert "writable" not in str(refused.value)
 
 
 def one_persons_style(digits: torch.Tensor, seed: int) -> list[np.ndarray]:

@@ -76,6 +76,15 @@ def test_a_single_dot_is_not_a_digit():
 def test_strange_arrays_get_a_clear_error():
     with pytest.raises(ValueError, match="greyscale, RGB or RGBA"):
         to_mnist(np.zeros((10, 10, 7), np.uint8))
+    with pytest.raises(ValueError, match="run from -1 to -1, where 0 to 255 belong"):
+        to_mnist(np.full((10, 10), -1, np.int32))
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.int32, 1), (np.int64, 1), (np.uint16, 257)])
+def test_an_array_of_any_integer_type_reads_as_8_bit_does(mnist, dtype, scale):
+    digit = redraw(mnist.splits["test"].images[3], 200, 0.6, "centre", False)[..., 3]
+    # numpy's own int64 from a list of 0-255, an int32 as other libraries give: "any integer"
+    assert similarity(to_mnist(digit.astype(dtype) * scale), to_mnist(digit)) > 0.999
 
 
 @pytest.mark.slow

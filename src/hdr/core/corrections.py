@@ -3,12 +3,14 @@ as a dataset that training mixes in (`data.corrections=<folder>`, experiment=app
     drawings/<id>.png     the drawing as the page sent it, lossless
     drawings/<id>.28.png  the 28x28 the model read
     corrections.jsonl     one line a correction, {"id", "label", "model", "time", "client"},
-                          appended, never rewritten; an id's latest label wins
+                          appended, never rewritten; a drawing's label is `decide`d by its
+                          clients
 Reading is bounded (a line's length, a picture's size) and skips a damaged line or picture,
 with one warning."""
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +27,57 @@ MAX_LINE = 1024  # bytes of one line of the index; a correction's line is about 
 def label_of(value: Any) -> int:
     """A digit 0-9 from what a page or an API call sent, else ValueError."""
     text = str(value).strip() if value is not None else ""
-    if not (len(text) == 1 and text.isdigit()):
+    if not (len(text) == 1 and text in "0123456789"):  # "²".isdigit(), and int() refuses it
         raise ValueError(f"{value!r} is not a digit: choose the right one, 0 to 9.")
     return int(text)
 
 
-def read_entries(folder: str | Path, warn: bool = True) -> list[dict[str, Any]]:
-    """The corrections kept, one per drawing (its latest label), oldest first."""
+def decide(votes: list[tuple[Any, int]]) -> int:
+    """A drawing's label from its corrections, (client, label) oldest first: each client's
+    latest label counts once, the label most clients give wins, a tie to the label whose
+    client has held it longest. One client's change of mind counts; it never overrules many."""
+    latest: dict[Any, int] = {}
+    for client, label in votes:
+        latest.pop(client, None)  # re-inserted: ordered by each client's latest label
+        latest[client] = label
+    return Counter(latest.values()).most_common(1)[0][0]
+
+
+def read_lines(folder: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+    """Every correction in the index, oldest first, its label an int; a damaged line skipped."""
     index = Path(folder) / INDEX
     if not index.is_file():
         return []
-    latest: dict[str, dict[str, Any]] = {}
-    damaged = 0
+    entries, damaged = [], 0
     for line in index.read_bytes().splitlines():
         try:
             if len(line) > MAX_LINE:  # no correction is this long: never parsed
                 raise ValueError("too long")
             entry = json.loads(line)
-            label_of(entry["label"])
+            entry["label"] = label_of(entry["label"])
             if not (isinstance(entry["id"], str) and entry["id"].isalnum()):
                 raise ValueError(entry["id"])
+            if not isinstance(entry.get("client", ""), str):  # a vote's key: hashable
+                raise ValueError(entry["client"])
         except (ValueError, KeyError, TypeError, RecursionError):
             damaged += line.strip() != b""
             continue
-        latest.pop(entry["id"], None)  # re-inserted: ordered by its latest correction
-        latest[entry["id"]] = entry
+        entries.append(entry)
     if damaged and warn:
         log.warning("Skipped %d damaged line(s) of %s.", damaged, index)
-    return list(latest.values())
+    return entries
+
+
+def read_entries(folder: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+    """The corrections kept, one per drawing (its latest line, with the label `decide`d by
+    its clients), oldest first."""
+    latest: dict[str, dict[str, Any]] = {}
+    votes: dict[str, list[tuple[Any, int]]] = {}
+    for entry in read_lines(folder, warn):
+        latest.pop(entry["id"], None)  # re-inserted: ordered by its latest correction
+        latest[entry["id"]] = entry
+        votes.setdefault(entry["id"], []).append((entry.get("client"), entry["label"]))
+    return [{**e, "label": decide(votes[e["id"]])} for e in latest.values()]
 
 
 def read_dataset(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,7 +38,8 @@ def ink(image: Any) -> np.ndarray:
 
     Takes a Gradio Sketchpad value (a dict with "composite", else its "layers" are
     flattened), or an array that is greyscale [H, W], RGB or RGBA [H, W, 3|4], of any integer
-    or float type. Transparent pixels count as paper. Dark ink on light paper and light ink
+    type (0-255; uint16 0-65535) or float type (0-1 or 0-255). Transparent pixels count as
+    paper. Dark ink on light paper and light ink
     on dark paper both work: the paper is whatever colour the border mostly is.
     """
     if isinstance(image, dict):
@@ -64,7 +65,12 @@ def ink(image: Any) -> np.ndarray:
         )
     if a.dtype.kind == "b":  # a mask: True is ink's colour, as white is
         a = a.astype(np.uint8) * 255
-    scale = 1.0 if a.dtype.kind == "f" else float(np.iinfo(a.dtype).max)
+    scale = 1.0 if a.dtype.kind == "f" else 65535.0 if a.dtype == np.uint16 else 255.0
+    if a.dtype.kind in "iu" and not 0 <= a.min() <= a.max() <= scale:  # int32 0-255 reads
+        raise ValueError(
+            f"The picture's pixel values run from {a.min()} to {a.max()}, where 0 to "
+            f"{scale:.0f} belong: save it as an ordinary 8-bit PNG or JPEG."
+        )
     if a.dtype.kind == "f" and a.size and a.max() > 1:  # 0-255 floats, or nothing we know
         top = float(a.max())
         if top > 255:

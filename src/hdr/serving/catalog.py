@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 class Choice(NamedTuple):
     model: DigitClassifier
-    about: str  # e.g. "CNN [32, 64, 128], `.../epoch_017.ckpt`, test accuracy 99.53%"
+    about: str  # e.g. "CNN [32, 64, 128], run `app_s1`, test accuracy 99.53%": no server path
     recipe: str  # the recipe its run followed (records.recipe_of); "" if it has no record
 
 
@@ -34,27 +34,30 @@ def load(checkpoint: str | Path | None = None, best_record: str | Path = "") -> 
     model = load_model(path)
     result = read_result(RunDir.of_checkpoint(path).path) or {}
     net = model.hparams.net
-    about = f"{net['name'].upper()} {net.get('channels') or net.get('hidden')}, `{path}`"
+    name = f"run `{RunDir.of_checkpoint(path).path.name}`" if result else f"`{path.name}`"
+    about = f"{net['name'].upper()} {net.get('channels') or net.get('hidden')}, {name}"
     if isinstance(result.get("test_acc"), float):
         about += f", test accuracy {100 * result['test_acc']:.2f}%"
-    return Choice(model, about, recipe_of(result) if result else "")
+    return Choice(model, about, (recipe_of(result) or "") if result else "")
 
 
 def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
-    """The models to choose from, {label: choice}, the app's default first. A damaged
-    record or unreadable model is passed over, with one line; RecordError when none is left."""
+    """The models to choose from, {label: choice}, the app's default first. A record or
+    model that cannot be trusted is passed over, with one line; RecordError when none is left."""
     choices: dict[str, Choice] = {}
     errors: list[tuple[str, Exception]] = []
     seen: set[Path] = set()
 
-    def offer(why: str, checkpoint: str | None, record: str | Path = "") -> None:
+    def offer(why: str, checkpoint: str | None, record: str | Path = "", run=None) -> None:
         try:
+            if run is not None and run["recipe"] is None:
+                raise RecordError(f"{run['dir']}: its result.json's overrides are damaged.")
             path = Path(checkpoint or read_best(record)["checkpoint"]).resolve()
             if path not in seen:
                 choice = load(path)
                 choices[f"{why}: {choice.about}"] = choice
                 seen.add(path)
-        except (RecordError, CheckpointError) as e:  # one bad record must not keep the app down
+        except Exception as e:  # noqa: BLE001 whatever one bad file raises, the app starts
             errors.append((str(checkpoint or record), e))
 
     drawn = best_on_drawings(log_dir)
@@ -64,14 +67,20 @@ def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
             f"best on drawings ({100 * drawn['val_drawings_acc']:.1f}% of {n} validation "
             "drawings)",
             drawn["checkpoint"],
+            run=drawn,
         )
     offer("best on MNIST validation", None, best_record)
     for run in best_per_recipe(log_dir):
-        offer(run["recipe"], run["checkpoint"])
+        offer(run["recipe"], run["checkpoint"], run=run)
     if not choices:  # the first reason alone: the command prints it as its error
-        raise errors[0][1]
-    for what, e in errors:
-        log.warning("Passed over %s: %s", what, e)
+        what, e = errors[0]
+        if isinstance(e, RecordError | CheckpointError):
+            raise e
+        raise CheckpointError(
+            f"{what} cannot be served ({type(e).__name__}: {' '.join(str(e).split())})"
+        )
+    for what, e in errors:  # one line each, whatever the error said
+        log.warning("Passed over %s: %s", what, " ".join(str(e).split()))
     return choices
 
 

@@ -4,11 +4,14 @@ same drawing sent again is the same entry. The pictures are written whole before
 is appended in one write: a full disk, a kill or a torn line loses that correction at most.
 Names inside the folder come from hashes, never from a request.
 
-A client is the app's client address (a hash of it is kept): each is paced, and holds at
-most MAX_SHARE of the folder, so no one client can fill it or outvote the others' labels."""
+A client is the app's client address, kept as an HMAC of it under a secret made once beside
+the corrections (KEY, mode 0600): an unsalted hash of an address is reversed by trying them.
+Each client is paced and holds at most MAX_SHARE of the folder, so no one client can fill it;
+a drawing's label is decided by its clients' agreement (core.corrections.decide)."""
 
 import errno
 import hashlib
+import hmac
 import io
 import json
 import math
@@ -23,14 +26,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hdr.core.corrections import INDEX, label_of, read_entries
-from hdr.utils import write_atomic
+from hdr.core.corrections import INDEX, MAX_LINE, decide, label_of, read_lines
+from hdr.utils import sync_folder, write_atomic
 
 MIN_GAP = 2.0  # seconds between one client's kept corrections: drawing a digit takes longer
 MAX_PER_HOUR = 120  # one client's corrections kept an hour
 MAX_KEPT = 20_000  # corrections a folder holds; then train on them and start a new one
 MAX_SHARE = MAX_KEPT // 20  # corrections one client may have in the folder
 MAX_PNG = 4 << 20  # bytes of one drawing's PNG
+MAX_MODEL = 120  # characters of the model's name kept with a correction: its line stays short
+KEY = ".client-key"  # the secret client ids are keyed with
 
 
 def png(picture: np.ndarray) -> bytes:
@@ -52,9 +57,12 @@ class Corrections:
         self._lock = threading.Lock()
         self._kept: dict[str, deque] = defaultdict(deque)  # per client: when, this hour
         self._last: dict[str, float] = {}  # per client: when its last correction was kept
-        entries = read_entries(folder, warn=False)
-        self._labels = {e["id"]: e["label"] for e in entries}  # the latest label of each
-        self._share = Counter(e.get("client") for e in entries)
+        self._key: bytes | None = None  # read or made at the first correction
+        self._votes: dict[str, list[tuple[Any, int]]] = {}  # per drawing: (client, label)
+        self._share: Counter = Counter()  # per client: its lines in the folder
+        for entry in read_lines(folder, warn=False):
+            self._votes.setdefault(entry["id"], []).append((entry.get("client"), entry["label"]))
+            self._share[entry.get("client")] += 1
 
     def add(
         self, picture: np.ndarray, seen: torch.Tensor, label: Any, model: str, client: str
@@ -68,32 +76,71 @@ class Corrections:
         picture = np.ascontiguousarray(picture)
         shape = f"{picture.shape} {picture.dtype}".encode()
         key = hashlib.sha256(shape + picture.tobytes()).hexdigest()[:24]
-        who = hashlib.sha256(f"hdr-client {client}".encode()).hexdigest()[:16]
         with self._lock:
-            if self._labels.get(key) == digit:
-                return f"Already kept: this drawing as a {digit}."
-            self._pace(who)
-            entry = {"id": key, "label": digit, "model": model, "time": time.time(), "client": who}
             try:
+                who = self._client_id(client)
+                mine = [label for client, label in self._votes.get(key, []) if client == who]
+                if mine[-1:] == [digit]:
+                    return f"Already kept: this drawing as a {digit}."
+                self._pace(who)
+                entry = {"id": key, "label": digit, "model": model[:MAX_MODEL]}
+                line = json.dumps({**entry, "time": time.time(), "client": who})
+                if len(line) > MAX_LINE:  # ASCII, as json.dumps writes; longer lines are skipped
+                    raise ValueError(
+                        f"Could not keep the correction: the model's name makes its line over "
+                        f"{MAX_LINE} bytes. Nothing was kept: serve it under a shorter name."
+                    )
                 write_atomic(self.folder / "drawings" / f"{key}.png", original)
                 small = (255 * seen[0, 0].clamp(0, 1)).round().to(torch.uint8).numpy()
                 write_atomic(self.folder / "drawings" / f"{key}.28.png", png(small))
-                self._append(json.dumps(entry))
+                self._append(line)
             except OSError as e:
-                fix = (
-                    f"free some disk space in {self.folder}"
-                    if e.errno in (errno.ENOSPC, errno.EDQUOT)
-                    else f"make {self.folder} writable (or set paths.corrections_dir)"
-                )
                 raise ValueError(
-                    f"Could not keep the correction ({e.strerror or e}): {fix}, and send it "
-                    "again. Every correction kept before is safe."
+                    f"Could not keep the correction ({e.strerror or e}): {self._fix(e)}, and "
+                    "send it again. Every correction kept before is safe."
                 ) from None
-            self._labels[key] = digit
+            self._votes.setdefault(key, []).append((who, digit))
             self._share[who] += 1
             self._kept[who].append(time.monotonic())
             self._last[who] = time.monotonic()
+            decided = decide(self._votes[key])  # as reading the folder decides it
+        if decided != digit:
+            return (
+                f"Kept your {digit}. This drawing stays a {decided}: at least as many people "
+                f"say so. Thank you."
+            )
         return f"Kept: this drawing is a {digit}. Thank you: the next model learns from it."
+
+    def _client_id(self, client: str) -> str:
+        """`client` keyed with the folder's secret, made once (mode 0600, never replaced)."""
+        if self._key is None:
+            path = self.folder / KEY
+            if not path.exists():
+                self.folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{KEY}.{os.getpid()}.{threading.get_ident()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, os.urandom(32))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                try:
+                    os.link(tmp, path)  # fails if another app made it meanwhile: theirs holds
+                except FileExistsError:
+                    pass
+                finally:
+                    tmp.unlink()
+            self._key = path.read_bytes()
+        return hmac.new(self._key, client.encode(), "sha256").hexdigest()[:16]
+
+    def _fix(self, e: OSError) -> str:
+        """What to do about a failed write, as it is."""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"free some disk space in {self.folder}"
+        for path in (self.folder, self.folder / "drawings"):
+            if path.exists() and not path.is_dir():
+                return f"{path} is a file where a folder belongs: move it aside"
+        return f"make {self.folder} writable (or set paths.corrections_dir)"
 
     def _pace(self, client: str) -> None:
         """Only kept corrections count, so two people behind one address both get through."""
@@ -110,7 +157,7 @@ class Corrections:
              f"{MAX_PER_HOUR} corrections this hour from you: thank you, that is the limit."),
             (self._share[client] >= MAX_SHARE,
              f"{MAX_SHARE} of the corrections in this folder are yours, one client's share."),
-            (len(self._labels) >= MAX_KEPT,
+            (len(self._votes) >= MAX_KEPT,
              f"{self.folder} holds {MAX_KEPT} corrections, its limit: train on them "
              "(experiment=app_tuned), then move the folder aside to start a new one."),
         ):  # fmt: skip
@@ -126,5 +173,7 @@ class Corrections:
             torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
             os.write(fd, (("\n" if torn else "") + line + "\n").encode())
             os.fsync(fd)
+            if size == 0:  # a new index: its name on disk too
+                sync_folder(self.folder)
         finally:
             os.close(fd)
