@@ -4,6 +4,8 @@ no record that can be hijacked or moved aside."""
 
 import csv
 import json
+import logging
+import math
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from PIL import Image, PngImagePlugin
 
 from hdr.core.corrections import read_dataset, read_entries
@@ -23,9 +26,16 @@ from hdr.core.data import RAW, DataError, verify_raw_files
 from hdr.core.pictures import NotADigit, read_picture, to_mnist
 from hdr.core.settings import ConfigError
 from hdr.runs.checkpoint import CheckpointError, load_model, read_checkpoint
-from hdr.runs.records import RecordError, read_best
+from hdr.runs.records import (
+    RecordError,
+    best_per_recipe,
+    read_best,
+    read_result,
+    record_best,
+    write_result,
+)
 from hdr.runs.sweep import summarize
-from hdr.runs.train import train
+from hdr.runs.train import main, train
 from tests.helpers import DATA_DIR, ROOT, free_port, redraw, run_cli, shrunk_cfg, wait_listening
 
 # One epoch of a few batches, one batch of validation and test, no drawings report: seconds.
@@ -271,6 +281,8 @@ def test_the_cli_answers_bad_input_in_one_line(tmp_path, args, env, words):
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: a run must train"),
         ("+trainer.max_steps=0", "trainer.max_steps=0 is not allowed"),
         ("++trainer.limit_train_batches=0", "limit_train_batches=0 is not allowed"),
+        ("+trainer.limit_train_batches=0.01", "0.01 of its 19 batches is none"),
+        ("+trainer.limit_val_batches=0.1", "0.1 of its 5 batches is none"),
         ("train=false", "train=false tests a checkpoint: give ckpt_path=PATH"),
         ("train=false test=false ckpt_path=x", "with train=false too there is nothing"),
         ("optimized_metric=test/acc", "never by the test set"),
@@ -429,6 +441,7 @@ def _resave(source: Path, target: Path, change) -> Path:
             "'abc' of type 'str' could not be converted to Float (model.lr)",
         ),
         (lambda c: c["hyper_parameters"].update(lr=-1.0), "model.lr=-1.0 is not allowed"),
+        (lambda c: c["state_dict"].update({"extra.weight": torch.ones(1)}), "'extra.weight'"),
     ],
     ids=[
         "state-int",
@@ -445,6 +458,7 @@ def _resave(source: Path, target: Path, change) -> Path:
         "complex64",
         "lr-abc",
         "lr-negative",
+        "a-key-outside-net",
     ],
 )
 def test_crafted_checkpoints_are_named_not_traced(tmp_path, trained_checkpoint, change, words):
@@ -663,7 +677,7 @@ def test_the_app_starts_on_the_other_models_when_the_best_is_broken(
     )
     choices = recorded_models()
     assert list(choices) == [next(iter(choices))] and "student: MLP" in next(iter(choices))
-    assert str(good / "checkpoints" / "best.ckpt") in next(iter(choices))
+    assert f"run `{good.name}`" in next(iter(choices))  # its run's name, never a path
 
 
 # 9: damaged studies -------------------------------------------------------------------------
@@ -936,6 +950,144 @@ def test_runs_recorded_at_once_leave_the_best_of_them_recorded(tmp_path, trained
         for t in threads:
             t.join()
         assert read_best(record)["val_acc"] == 0.97, attempt
+
+
+# Issue 46: what the command refuses, it refuses first, in one true line -------------------
+
+
+def cli_error(monkeypatch, *args: str) -> str:
+    """`python -m hdr.train ARGS`, in this process: it stopped with one `Error: ...` line, the
+    line returned."""
+    monkeypatch.setattr(sys, "argv", ["hdr.train", *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setattr(logging, "raiseExceptions", True)  # main() sets it for its process
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    GlobalHydra.instance().clear()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main()
+    finally:  # Hydra set up logging for the process, as it does for a command
+        GlobalHydra.instance().clear()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    line = str(stop.value.code)
+    assert line.startswith("Error: ") and "\n" not in line, line
+    return line
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["+sed=1"], "sed is not a key of the config: did you mean seed?"),
+        (["model.lr=inf"], "model.lr=inf is not allowed: must be > 0 and finite"),
+        (["trainer.devices=100"], "trainer.devices=100 is not allowed"),
+        (["model.lrr=0.1"], "model.lrr is not a key of the config: did you mean model.lr?"),
+        (
+            ["model.optimizer.lr=0.1"],
+            "model.optimizer.lr is not a key of the config: did you mean model.lr?",
+        ),
+        (["trainer.max_epoch=3"], "did you mean trainer.max_epochs?"),
+        (
+            ["+trainer.precision=16"],
+            "trainer.precision is a key already: drop the +, trainer.precision=16",
+        ),
+        (["hydra.run.dir=TMP/" + "a" * 300], "is too long"),
+        (
+            [
+                "-m",
+                "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=0",
+                "seed=1,2",
+                "hydra.sweep.dir=LOGS",
+            ],
+            "hydra.launcher.n_jobs=0 is not allowed",
+        ),
+    ],
+    ids=[
+        "typo",
+        "lr-inf",
+        "devices-100",
+        "lrr",
+        "optimizer-lr",
+        "max-epoch",
+        "plus-on-a-key",
+        "name-too-long",
+        "n-jobs-0",
+    ],
+)
+def test_a_refused_command_says_why_in_one_true_line_and_leaves_no_folder(
+    monkeypatch, tmp_path, args, words
+):
+    logs = tmp_path / "logs"
+    args = [a.replace("LOGS", str(logs)).replace("TMP", str(tmp_path)) for a in args]
+    line = cli_error(monkeypatch, *args, f"paths.log_dir={logs}")  # -m first, as argparse wants
+    assert words in line
+    assert "writable" not in line and "can write to" not in line  # ENAMETOOLONG's, once
+    assert not logs.exists()  # no run folder, no failed result.json
+
+
+def strict_json(path: Path) -> dict:
+    """A record read as JSON is written: NaN or Infinity fail the test."""
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path}"))
+
+
+def test_records_are_strict_json_with_null_for_what_was_not_measured(tmp_path):
+    write_result(tmp_path, status="ok", val_acc=math.nan, test_acc=0.97, seconds=math.inf)
+
+    assert strict_json(tmp_path / "result.json")["val_acc"] is None
+    assert read_result(tmp_path)["seconds"] is None
+
+
+def test_the_best_is_ranked_by_how_sure_its_score_is(tmp_path, trained_checkpoint):
+    def run(name: str, val_acc: float, **more) -> dict:
+        folder = tmp_path / "logs" / name
+        (folder / "checkpoints").mkdir(parents=True)
+        os.link(trained_checkpoint, folder / "checkpoints" / "best.ckpt")
+        row = {"status": "ok", "val_acc": val_acc, "checkpoint": "checkpoints/best.ckpt", **more}
+        (folder / "result.json").write_text(
+            json.dumps({**row, "overrides": [f"experiment={name}"]})
+        )
+        return {**row, "dir": str(folder)}
+
+    record = tmp_path / "best.json"
+    sure = run("sure", 4949 / 5000, val_images=5000)
+    assert record_best([sure], record)["val_images"] == 5000
+    lucky = run("lucky", 1.0, val_images=100)  # 100 of 100: not better than 4,949 of 5,000
+    assert record_best([lucky], record)["dir"] == sure["dir"]
+    assert [r["recipe"] for r in best_per_recipe(tmp_path / "logs")] == ["sure", "lucky"]
+    old = run("old", 0.995)  # a record from before the count: its val_acc, as before
+    assert record_best([old], record)["dir"] == old["dir"]
+
+
+@pytest.mark.slow
+def test_a_run_on_a_fixed_schedule_is_not_resumed_past_its_end(tmp_path):
+    quick_run(tmp_path / "one", "model.scheduler=onecycle")
+    copy = tmp_path / "copy.ckpt"
+    shutil.copy(tmp_path / "one" / "checkpoints" / "last.ckpt", copy)
+    for epochs in (2, 1):  # asked for more ("Tried to step 5 times"), or finished as it is
+        with pytest.raises(CheckpointError) as err:
+            quick_run(
+                tmp_path / f"on{epochs}",
+                f"ckpt_path={copy}",
+                f"trainer.max_epochs={epochs}",
+                "model.scheduler=onecycle",
+            )
+        assert f"init_from={copy}" in str(err.value) and "raise trainer.max_epochs" not in str(
+            err.value
+        )
+    # The advice holds: a new run from its weights trains on.
+    _, objects = quick_run(tmp_path / "new", f"init_from={copy}", "model.scheduler=onecycle")
+    assert objects["result"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_run_without_validation_records_null_and_how_many_images_it_was_scored_on(tmp_path):
+    quick_run(tmp_path, "++trainer.limit_val_batches=0")
+    result = strict_json(tmp_path / "result.json")
+    assert result["val_acc"] is None and result["val_images"] == 0
+    quick_run(tmp_path / "two", "++trainer.limit_val_batches=2", "data.eval_batch_size=100")
+    assert json.loads((tmp_path / "two" / "result.json").read_text())["val_images"] == 200
 
 
 # Issue 41: the app over HTTP, as a hostile client would use it ------------------------------

@@ -37,9 +37,10 @@ GRAPH = {module(p): {m for m, _ in imports(p)} for p in FILES}
 
 
 def layer(name: str) -> int:
-    """core 0 ... app 4; hdr.utils below them all; hdr.train, the command, above them all."""
+    """core 0 ... app 4; hdr.utils below them all; hdr.train and hdr.eval, the commands,
+    above them all."""
     parts = name.split(".")
-    if parts[0] == "app" or name == "hdr.train":
+    if parts[0] == "app" or name in ("hdr.train", "hdr.eval"):
         return len(LAYERS)
     return LAYERS.index(parts[1]) if parts[1] in LAYERS else -1
 

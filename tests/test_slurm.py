@@ -3,6 +3,7 @@ MaxArraySize=5, no accounting): the README's command, a grid larger than MaxArra
 --export=NONE, a job cancelled and resumed, the launcher killed and run again, a time limit,
 jobs no node can run."""
 
+import csv
 import json
 import os
 import re
@@ -219,3 +220,18 @@ def test_a_job_that_would_pend_for_ever_is_cancelled_and_named(slurm, tmp_path):
     assert "1 CPUs, 2 GB, 0 GPUs and 5 minutes" in run.stderr
     squeue = subprocess.run(["squeue", "-h"], env=slurm, capture_output=True, text=True)
     assert squeue.stdout.strip() == ""  # cancelled, not left pending
+
+
+def test_a_run_of_two_slurm_tasks_is_one_ddp_run_that_task_0_records(slurm, tmp_path):
+    """tasks_per_node=2, trainer=ddp_sim: SLURM starts both ranks (SLURM_PROCID), each running
+    the run; task 1 joins it and never claims its folder (which would wait for task 0 for ever)."""
+    quick = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+    quick += ["+trainer.limit_test_batches=1", "callbacks.drawings.per_style=0"]
+    cmd = command(tmp_path, "model.lr=0.01,0.02", "hydra.launcher.tasks_per_node=2", *quick)
+    cmd += ["trainer=ddp_sim", "trainer.max_epochs=1", "data.batch_size=256"]
+    run = run_to_end(cmd, slurm, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(tmp_path / "sweep" / "leaderboard.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
+    ranks = sorted((tmp_path / "sweep" / ".submitit").glob("*/*_1_log.err"))  # each task 1
+    assert len(ranks) == 2 and all("GLOBAL_RANK: 1, MEMBER: 2/2" in p.read_text() for p in ranks)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,9 +21,10 @@ import torch
 
 from hdr.core.module import DigitClassifier
 from hdr.runs.config import compose
-from hdr.runs.records import read_best, record_best
-from hdr.runs.sweep import write_leaderboard
+from hdr.runs.records import gpu_lease, read_best, record_best
+from hdr.runs.sweep import SweepCallback, write_leaderboard
 from tests.helpers import CONF, DATA_DIR, ROOT, free_port, run_cli
+from tests.test_hostile import QUICK, one_line
 
 # _student.yaml is what the student's studies share, not a study of its own
 STUDIES = sorted(p.stem for p in (CONF / "hparams_search").glob("[!_]*.yaml"))
@@ -610,3 +612,164 @@ def test_a_joblib_sweeps_workers_die_with_it(tmp_path):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"{len(left)} of the sweep's {len(workers)} processes outlived it by 30 s"
+
+
+@pytest.mark.slow
+def test_a_ddp_sweep_trains_each_run_once_and_resumes_after_kill_9(tmp_path):
+    """trainer=ddp_sim: Lightning starts each run's rank 1 by running a command again, which
+    must be that run's alone (not the sweep's, nor a joblib worker's). The basic launcher
+    trains run 0, starts run 1, and is killed -9 with all its processes; the same sweep under
+    joblib skips run 0 and resumes run 1: each run ok, recorded once, by rank 0."""
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        *(sys.executable, "-m", "hdr.train", "-m", "trainer=ddp_sim", "model.lr=0.01,0.02"),
+        *("trainer.max_epochs=2", "+trainer.limit_train_batches=2", "data.batch_size=256"),
+        *("+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"),
+        *("callbacks.drawings.per_style=0", "+trainer.enable_progress_bar=false"),
+        f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not list(sweep_dir.glob("1_*/checkpoints/last.ckpt")):  # run 1 saved epoch 1 of 2
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the sweep and every DDP rank
+    first.wait()
+    joblib = [*command, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    again = subprocess.run(joblib, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-4000:]
+    assert log.count("Finished before (ok") == 1 and log.count("Resuming from") == 1
+    assert "in use by another run" not in log
+    rows = list(csv.DictReader((sweep_dir / "leaderboard.csv").open()))
+    assert [(r["status"], r["epochs"]) for r in rows] == [("ok", "2"), ("ok", "2")], rows
+    assert log.count("Best validation accuracy") == 1  # run 1's, by rank 0 alone
+    assert sorted(p.name for p in tmp_path.glob("[!.]*")) == ["best.json", "sweep"]  # no stray
+
+
+def test_one_run_per_gpu_each_run_holds_its_own_gpu_until_it_ends(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    first, second = gpu_lease(2, tmp_path), gpu_lease(2, tmp_path)  # hydra/launcher=gpus runs
+    assert (first.__enter__(), second.__enter__()) == (0, 1)
+    got = []
+
+    def third_run():
+        with gpu_lease(2, tmp_path) as index:
+            got.append(index)
+
+    third = threading.Thread(target=third_run)
+    third.start()
+    third.join(2)
+    assert third.is_alive() and not got  # both held: it waits
+    second.__exit__(None, None, None)
+    third.join(10)
+    assert got == [1]
+    first.__exit__(None, None, None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # a job that sees another GPU (SLURM's)
+    with gpu_lease(1, tmp_path) as index:
+        assert index == 0
+
+
+def test_one_run_per_gpu_on_a_machine_without_one_is_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run = run_cli(["-m", "hydra/launcher=gpus", "model.lr=0.01"], tmp_path, timeout=120)
+    assert "hydra/launcher=gpus runs one run per GPU, and torch sees no CUDA GPU" in one_line(run)
+    assert not any(tmp_path.rglob("result.json"))
+
+
+# Issue 46: true messages before and after a sweep, a Ray head that does not answer, a resumed
+# Optuna study, records that survive a power cut.
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model.lr=range(1,1)"], "would run nothing: model.lr=range(1,1) sweeps no value"),
+        (["hydra.sweeper.n_trials=0"], "would run nothing: hydra.sweeper.n_trials=0 asks for"),
+        (["model.lr=0.01", "hydra.sweep.subdir=../out"], "hydra.sweep.subdir=../out places runs"),
+        (["model.lr=0.01", "hydra.sweep.subdir={tmp}/out"], "hydra.sweep.subdir={tmp}/out places"),
+    ],
+    ids=["empty", "no-trials", "up", "absolute"],
+)
+def test_an_empty_sweep_or_runs_outside_its_folder_are_refused_before_any_run(
+    tmp_path, overrides, words
+):
+    study = "hparams_search=optuna" if "n_trials" in overrides[0] else "hparams_search=lr"
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
+    run = run_cli([study, *QUICK, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert words.format(tmp=tmp_path) in one_line(run)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_ray_head_that_does_not_answer_is_told_in_seconds(tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    args = [
+        "hparams_search=lr",
+        *QUICK,
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={address}",
+    ]
+    run = run_cli(args, tmp_path, timeout=100)  # Ray itself waits over 150 s
+    line = one_line(run)
+    assert f"hydra.launcher.ray.init.address={address}" in line and "ray start --head" in line
+
+
+def test_a_resumed_optuna_study_fails_its_killed_trial_and_samples_anew(tmp_path):
+    """A study in SQLite as the sweeper left it when killed: trial 0 done, trial 1 running.
+    The callback resumes it: trial 1 failed, and the sweeper's sampler (as it builds it, from
+    the same config) does not propose trial 0's parameters again."""
+    import optuna
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    cfg = compose(
+        ["hparams_search=optuna", f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.n_trials=3"],
+        hydra=True,
+    )
+    sweeper = cfg.hydra.sweeper
+    space, _ = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
+
+    def sweepers_study() -> optuna.Study:
+        sampler = instantiate(sweeper.sampler)
+        return optuna.create_study(
+            study_name=sweeper.study_name, storage=sweeper.storage, sampler=sampler,
+            direction="maximize", load_if_exists=True,
+        )  # fmt: skip
+
+    killed = sweepers_study()
+    first = killed.ask(space)
+    killed.tell(first, 0.9)
+    killed.ask(space)  # trial 1: its process was killed
+    SweepCallback(str(tmp_path / "best.json")).on_multirun_start(cfg)
+    trials = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
+    assert sweeper.n_trials == 1  # 3 in all
+    assert sweepers_study().ask(space).params != first.params
+
+
+def test_write_atomic_syncs_the_file_before_the_rename_and_then_its_folder(tmp_path):
+    """A power cut cannot be simulated: the system calls' order is what makes a record
+    survive one (the data on disk before its name, the name on disk before it counts)."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace (apt-get install strace)")
+    record = tmp_path / "result.json"
+    code = f"from hdr.utils import write_atomic; write_atomic({str(record)!r}, '{{}}')"
+    trace = subprocess.run(
+        ["strace", "-f", "-y", "-e", "trace=fsync,rename,renameat,renameat2",
+         sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert trace.returncode == 0, trace.stderr[-2000:]
+    calls = [  # Python's own (its bytecode caches) aside
+        ln.split("] ", 1)[-1] for ln in trace.stderr.splitlines()
+        if ln.split("] ", 1)[-1].startswith(("fsync(", "rename")) and str(tmp_path) in ln
+    ]  # fmt: skip
+    assert len(calls) == 3, calls
+    assert calls[0].startswith("fsync(") and ".result.json." in calls[0]  # the temporary file
+    assert calls[1].startswith("rename") and calls[1].count(str(tmp_path)) == 2
+    assert calls[2].startswith("fsync(") and calls[2].split("<", 1)[1].startswith(f"{tmp_path}>")

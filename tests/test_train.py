@@ -236,6 +236,33 @@ def test_ddp_sim_trains_with_two_cpu_processes_each_taking_half_the_batch(tmp_pa
     )
 
 
+def test_a_slurm_task_other_than_the_first_is_not_rank_zero():
+    # A run of several SLURM tasks: SLURM starts each (srun), its rank in SLURM_PROCID. Only
+    # rank 0 holds the run's folder and records; the DDP sweep test proves Lightning's ranks.
+    rank = [sys.executable, "-c", "from hdr.runs.records import rank_zero; print(rank_zero())"]
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "NODE_RANK")}
+    out = subprocess.run(
+        rank, env={**env, "SLURM_PROCID": "1"}, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split() == ["False"], out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ddp_spawn_reports_what_it_trained_from_python_and_the_command_line(tmp_path):
+    # The fit runs in spawned processes: the main one's trainer never steps.
+    spawn = ["trainer=ddp_sim", "trainer.strategy=ddp_spawn", "trainer.max_epochs=1"]
+    spawn += ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+    spawn += ["+trainer.limit_test_batches=1", "callbacks.drawings.per_style=0"]
+    metrics, objects = train(shrunk_cfg(tmp_path / "py", [*spawn, "data.batch_size=256"]))
+    assert objects["result"]["epochs"] == 1 and 0 < metrics["test/acc"] <= 1
+    cli = [*spawn, "data.batch_size=256", "test=false", f"hydra.run.dir={tmp_path / 'cli'}"]
+    run = run_cli(cli, tmp_path)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    for folder in ("py", "cli"):
+        result = json.loads((tmp_path / folder / "result.json").read_text())
+        assert result["status"] == "ok" and result["epochs"] == 1, result
+
+
 @pytest.mark.slow
 def test_our_commands_print_none_of_lightnings_start_up_noise_and_take_slurms_cpus(tmp_path):
     # As a SLURM job of one CPU: torch_threads=auto takes what the scheduler granted.
@@ -288,7 +315,7 @@ def test_a_run_refuses_a_folder_that_holds_another_runs_result(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     before = (tmp_path / "run" / "result.json").read_bytes()
     again = run_cli(["debug=fdr", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120)
-    assert again.returncode == 1 and "already holds a run that ended (ok)" in again.stderr
+    assert again.returncode == 1 and "already holds a run that ended (smoke)" in again.stderr
     assert (tmp_path / "run" / "result.json").read_bytes() == before
 
 

@@ -41,6 +41,12 @@ class DigitClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
 
+    def setup(self, stage: str) -> None:
+        # In place (nn.Module.compile), so the weights keep their names (no `_orig_mod.`) and
+        # a checkpoint loads into a plain net; only to train: loaded to serve, it runs as is.
+        if stage == "fit" and self.hparams.compile:
+            self.net.compile()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, 1, 28, 28] float pixels in [0, 1], white digit on black, as MNIST."""
         # Standardised here, not in the data, so the choice is in the checkpoint: whoever

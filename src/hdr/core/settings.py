@@ -94,14 +94,16 @@ class ModelConfig:
     augment: Any = None  # null, or an AugmentConfig as a mapping, e.g. {rotate: 10, ...}
     standardize: bool = True  # inputs to mean 0, std 1 (MNIST's statistics) in the model
     channels_last: bool = False  # NHWC memory layout: faster convolutions on CPU
+    compile: bool = False  # torch.compile the net in place to train: a checkpoint keeps its keys
 
     def __post_init__(self) -> None:
         choice("model.optimizer", self.optimizer, OPTIMIZERS)
         lr_ok = 0 < self.lr < math.inf
-        require(lr_ok, "model.lr", self.lr, "must be > 0, e.g. 0.01 (0.001 for AdamW)")
+        require(lr_ok, "model.lr", self.lr, "must be > 0 and finite, e.g. 0.01 (0.001 for AdamW)")
         betas_ok = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
         require(betas_ok, "model.betas", self.betas, "give [beta1, beta2], each in [0, 1)")
-        require(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "must be >= 0")
+        wd_ok = 0 <= self.weight_decay < math.inf
+        require(wd_ok, "model.weight_decay", self.weight_decay, "must be >= 0 and finite")
         choice("model.scheduler", self.scheduler, SCHEDULERS)
         fraction("model.label_smoothing", self.label_smoothing)
         if self.augment is not None:

@@ -151,7 +151,9 @@ def _check_contents(path: Path, hparams: dict[str, Any], state: Any) -> None:
             f"{path} describes a net hdr cannot build ({net}): {type(e).__name__}: {e}"
         ) from None
     shapes = {f"net.{k}": tuple(t.shape) for k, t in expected.items()}
-    found = {k: tuple(t.shape) for k, t in state.items() if k.startswith("net.")}
+    found = {
+        k: tuple(t.shape) for k, t in state.items()
+    }  # a key outside net. too: no model has it
     if shapes != found:
         wrong = sorted(set(shapes.items()) ^ set(found.items()))[:3]
         raise CheckpointError(
@@ -223,10 +225,29 @@ def check_resumable(
     except (KeyError, TypeError, ValueError):
         epochs = ckpt["epoch"] + 1
     finished = max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs
-    if finished and not own_run:
+    # A onecycle or cosine schedule is made for its run's steps, and a resumed run goes on
+    # with it: more epochs step past its end (onecycle raises). Steps per epoch are known
+    # from a checkpoint saved at an epoch's end.
+    sched = (ckpt.get("lr_schedulers") or [{}])[0]
+    length = sched.get("total_steps") or sched.get("T_max") if isinstance(sched, dict) else None
+    steps, at_end = ckpt["global_step"], epochs == ckpt["epoch"] + 1
+    past = isinstance(length, int) and (
+        steps >= length or (at_end and (max_epochs or 0) * steps > epochs * length)
+    )
+    if finished and not own_run or past and not finished:
+        told = (
+            f"has finished its training ({epochs} of trainer.max_epochs={max_epochs})"
+            if finished
+            else f"was trained on a schedule made for {epochs * length // steps} epochs"
+        )
+        more = (
+            f"a resumed run keeps its {saved.get('scheduler')} schedule, which ends there: start "
+            f"a new run from its weights with init_from={path}"
+            if isinstance(length, int)
+            else "raise trainer.max_epochs to train it further"
+        )
         raise CheckpointError(
-            f"ckpt_path={path} has finished its training ({epochs} of trainer.max_epochs="
-            f"{max_epochs}): raise trainer.max_epochs to train it further, or test it as it "
-            f"is with train=false ckpt_path={path}."
+            f"ckpt_path={path} {told}: {more}, or test it as it is with train=false "
+            f"ckpt_path={path}."
         )
     return ckpt["global_step"], finished

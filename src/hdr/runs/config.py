@@ -15,7 +15,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from hdr.core.data import has_mnist
 from hdr.core.models import NETS, count_params
@@ -59,8 +59,19 @@ def best_of(recipe: str, log_dir: str) -> str:
     return runs[0]["checkpoint"]
 
 
+def gpus() -> int:
+    """How many GPUs torch sees: hydra/launcher=gpus runs one run on each at once."""
+    if not torch.cuda.device_count():
+        raise ConfigError(
+            "hydra/launcher=gpus runs one run per GPU, and torch sees no CUDA GPU here: run "
+            "a sweep on the CPU with hydra/launcher=joblib hydra.launcher.n_jobs=N."
+        )
+    return torch.cuda.device_count()
+
+
 RESOLVERS = {
     "hdr.root": lambda: str(ROOT),
+    "hdr.gpus": gpus,
     "hdr.data_dir": data_dir,
     "hdr.cpu_precision": cpu_precision,
     "hdr.best_of": best_of,
@@ -136,8 +147,8 @@ def check(cfg: DictConfig) -> None:
     known = root_keys()
     for key in cfg:
         if key not in known:  # `+lr=0.1` for model.lr: Hydra adds any key a + asks for
-            near = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f"did you mean {near[0]}? " if near else ""
+            near = nearest_key(str(key), sorted(known))
+            hint = f"did you mean {near}? " if near else ""
             raise ConfigError(
                 f"{key} is not a key of the config: {hint}The root takes "
                 f"{', '.join(sorted(known))}; a group's key is set with its group, e.g. "
@@ -170,9 +181,39 @@ def check(cfg: DictConfig) -> None:
     require(
         cfg.model.scheduler == "none" or not endless, "model.scheduler", cfg.model.scheduler, rule
     )
-    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda"):
-        rule = "torch sees no CUDA GPU here: train on the CPU with trainer=cpu (the default)"
-        require(torch.cuda.is_available(), "trainer.accelerator", cfg.trainer.accelerator, rule)
+    accelerator = str(cfg.trainer.get("accelerator"))
+    for names, device, seen in (
+        (("gpu", "cuda"), "CUDA GPU", torch.cuda.is_available),
+        (("mps",), "MPS device (Apple silicon)", torch.backends.mps.is_available),
+    ):
+        rule = f"torch sees no {device} here: train on the CPU with trainer=cpu (the default)"
+        require(accelerator not in names or seen(), "trainer.accelerator", accelerator, rule)
+    # Lightning starts a process for each device asked for, whether the machine has it or not.
+    devices = cfg.trainer.get("devices")
+    gpu = accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
+    have = torch.cuda.device_count() if gpu else os.cpu_count() or 1
+    count = len(devices) if isinstance(devices, ListConfig) else str(devices).count(",") + 1
+    count = int(devices) if count == 1 and str(devices).isdigit() else count
+    rule = (
+        f"this machine has {have} {'GPUs' if gpu else 'CPU cores'}: give at most {have}, or auto"
+    )
+    require(count <= have, "trainer.devices", devices, rule)
+    # Lightning refuses a share of batches that is none once it has read the data: an
+    # epoch's batches are known here (MNIST: 60,000 training images, val_size of them
+    # for validation, 10,000 test), corrections aside.
+    val, ebs = cfg.data.val_size, cfg.data.eval_batch_size
+    for stage, images, batch in (
+        ("train", 60_000 - val, cfg.data.batch_size),
+        ("val", val, ebs),
+        ("test", 10_000, ebs),
+    ):
+        limit, batches = cfg.trainer.get(f"limit_{stage}_batches"), -(-images // batch)
+        ok = type(limit) is not float or limit * batches >= 1 or limit == 0
+        ok = ok or stage == "train" and cfg.data.get("corrections") is not None
+        rule = (
+            f"{limit} of its {batches} batches is none: give {1 / batches:.2g} or more, or a count"
+        )
+        require(ok, f"trainer.limit_{stage}_batches", limit, rule)
     path = cfg.get("ckpt_path")
     ok = path is None or (isinstance(path, str) and path.strip() != "")
     require(ok, "ckpt_path", path, "give the path of a .ckpt, or leave it null")
@@ -202,6 +243,25 @@ def check(cfg: DictConfig) -> None:
         choice("sweep.prune", cfg.sweep.prune, PRUNERS)
 
 
+def config_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every key of a config, dotted: groups, their keys and leaves (values unresolved)."""
+    keys = []
+    for key in node:
+        child = node._get_node(key)
+        deeper = config_keys(child, f"{prefix}{key}.") if isinstance(child, DictConfig) else []
+        keys += [f"{prefix}{key}", *deeper]
+    return keys
+
+
+def nearest_key(key: str, known: Sequence[str]) -> str | None:
+    """The known key nearest `key`: by its last part within its group first (model.lrr and
+    model.optimizer.lr, the lightning-hydra-template's habit: model.lr), else as a whole."""
+    group = [k for k in known if k.split(".")[0] == key.split(".")[0]]
+    leaf = difflib.get_close_matches(key.split(".")[-1], [k.split(".")[-1] for k in group], 1)
+    near = [k for k in group if k.split(".")[-1] in leaf] or known
+    return next(iter(difflib.get_close_matches(key, near, 1, 0 if leaf else 0.6)), None)
+
+
 def _no_unknown_keys(node: Any, prefix: str) -> None:
     # Hydra's `+key=value` adds a key even to a typed config; catch it before it reaches code.
     if not isinstance(node, DictConfig) or not is_dataclass(OmegaConf.get_type(node)):
@@ -209,7 +269,9 @@ def _no_unknown_keys(node: Any, prefix: str) -> None:
     known = {f.name for f in fields(OmegaConf.get_type(node))}
     for key in node:
         if key not in known:
+            near = nearest_key(f"{prefix}.{key}", [f"{prefix}.{k}" for k in sorted(known)])
             raise ConfigError(
-                f"{prefix}.{key} is not a known key: {prefix} takes {', '.join(sorted(known))}."
+                f"{prefix}.{key} is not a known key: {prefix} takes {', '.join(sorted(known))}"
+                + (f". Did you mean {near}?" if near else ".")
             )
         _no_unknown_keys(node._get_node(key), f"{prefix}.{key}")

@@ -6,12 +6,14 @@ half a record. A damaged record is named, never costing a finished run: a damage
 makes its run resume, a damaged best.json is set aside and rewritten."""
 
 import fcntl
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +28,8 @@ from hdr.utils import write_atomic
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("ok", "pruned")  # a sweep that comes back to such a run skips it
+FINISHED = ("ok", "pruned", "smoke")  # a sweep that comes back to such a run skips it
+NO_CHECKPOINT = "it saved no checkpoint (callbacks=none)"  # ranked in its sweep, never served
 # The headline figures: the metric, its key in result.json and best.json, and its words.
 HEADLINE = (
     ("val/acc_best", "val_acc", "Best validation accuracy"),
@@ -95,14 +98,45 @@ def claim(run_dir: str | Path, wait: bool = False) -> Iterator[str | None]:
         os.close(fd)
 
 
+@contextmanager
+def gpu_lease(count: int, folder: Path | None = None) -> Iterator[int]:
+    """The index of one of the node's `count` GPUs that no other run holds, held while this
+    run trains (hydra/launcher=gpus: one run per GPU); waits for one if all are held. A
+    flock, as `claim`'s, on a file named as CUDA_VISIBLE_DEVICES names the GPU: jobs that
+    see different GPUs (SLURM's) never wait for each other."""
+    folder = folder or Path(tempfile.gettempdir()) / f"hdr-gpus-{os.getuid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, range(count)))
+    for attempt in itertools.count():
+        for index, name in enumerate(names.split(",")[:count]):
+            fd = os.open(folder / f"gpu-{name.strip()}", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield index
+            finally:
+                os.close(fd)
+            return
+        if not attempt:
+            log.warning("All %d GPUs are held by other runs (%s): waiting for one.", count, folder)
+        time.sleep(1)
+
+
 def task_overrides() -> list[str]:
     """This run's command-line overrides: what makes it this run and not another."""
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def rank_zero() -> bool:
-    """False in DDP's other processes, which re-run the command into rank 0's folder."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """False in DDP's other processes, which join rank 0's run in its folder: by Lightning's
+    own rule (RANK, LOCAL_RANK, else SLURM_PROCID: a SLURM task of a run of several), and on
+    a node other than the first (NODE_RANK)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def same_run(a: list[str], b: list[str], exclude: list[str]) -> bool:
@@ -175,7 +209,12 @@ def write_result(run_dir: str | Path, **fields: Any) -> None:
     ray = sys.modules.get("ray")  # a Ray worker: which node of the cluster ran this
     if ray is not None and ray.is_initialized():
         fields.setdefault("ray_node", ray.get_runtime_context().get_node_id())
-    write_atomic(RunDir(Path(run_dir)).result, json.dumps(fields, indent=2, default=str))
+    # Strict JSON: what was not measured (NaN, no validation) is null, read as missing.
+    fields = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()
+    }
+    text = json.dumps(fields, indent=2, default=str, allow_nan=False)
+    write_atomic(RunDir(Path(run_dir)).result, text)
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:
@@ -219,9 +258,11 @@ def distrust(row: dict[str, Any]) -> str | None:
     by someone who can write your files is beyond what a record can prove.)"""
     if row.get("status") != "ok" or not _accuracy(row.get("val_acc")):
         return "not finished with a val_acc in [0, 1]"
+    if not row.get("checkpoint"):
+        return NO_CHECKPOINT
     folder = Path(str(row.get("dir") or ""))
-    ckpt = folder / str(row.get("checkpoint") or "")  # a path relative to it, or absolute
-    if not row.get("checkpoint") or not ckpt.resolve().is_relative_to(folder.resolve()):
+    ckpt = folder / str(row.get("checkpoint"))  # a path relative to it, or absolute
+    if not ckpt.resolve().is_relative_to(folder.resolve()):
         return f"its checkpoint {ckpt} is not inside its run folder {folder}"
     return None if ckpt.is_file() else f"its checkpoint {ckpt} is gone"
 
@@ -243,13 +284,24 @@ def read_best(record: str | Path) -> dict[str, Any]:
     return entry
 
 
+def sure_acc(row: dict[str, Any]) -> float:
+    """What runs are ranked by: the validation accuracy a run is sure of at 95%, the lower end
+    of the Wilson interval on its val_images (100 of 100: 0.963, below 4,949 of 5,000: 0.987);
+    a record from before the count was kept, its val_acc."""
+    p, n, z = row["val_acc"], row.get("val_images"), 1.96
+    if type(n) is not int or n < 1:
+        return p
+    low = p + z * z / (2 * n) - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return low / (1 + z * z / n)
+
+
 def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any] | None:
     """Point `record` at the best trusted run of `rows` if it beats the one recorded. A
     damaged record is set aside as `<name>.bad-<time>` and replaced. Read, compare and write
     are one step under a lock, so two runs ending at once never leave the worse one. Never
     fails the run or sweep that calls it: what goes wrong is one warning."""
     record = Path(record)
-    best = max((r for r in rows if distrust(r) is None), key=lambda r: r["val_acc"], default=None)
+    best = max((r for r in rows if distrust(r) is None), key=sure_acc, default=None)
     if best is None:
         return None
     try:
@@ -265,13 +317,14 @@ def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any
                     if Path(current["checkpoint"]).is_file():  # one that is gone is replaced
                         if why := distrust({"status": "ok", "dir": current.get("dir"), **current}):
                             raise RecordError(f"{record} is damaged: not to be trusted, as {why}.")
-                        if current["val_acc"] >= best["val_acc"]:
+                        if sure_acc(current) >= sure_acc(best):
                             return current
                 except RecordError as e:
                     aside = record.with_name(f"{record.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
                     os.replace(record, aside)
                     log.warning("%s Set aside as %s; writing a new one.", e, aside.name)
-            entry = {k: best.get(k) for k in ("val_acc", "test_acc", "overrides", "dir")}
+            keys = ("val_acc", "val_images", "test_acc", "overrides", "dir")
+            entry = {k: best.get(k) for k in keys}
             entry["checkpoint"] = str((Path(best["dir"]) / best["checkpoint"]).resolve())
             write_atomic(record, json.dumps(entry, indent=2))
             return entry
@@ -282,11 +335,13 @@ def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any
         return None
 
 
-def recipe_of(result: dict[str, Any]) -> str:
+def recipe_of(result: dict[str, Any]) -> str | None:
     """The recipe a run followed: its experiment=... override ("seed" is "student"), else
-    "default"."""
+    "default"; None when its overrides are damaged (not a list of strings)."""
     overrides = result.get("overrides") or []
     overrides = overrides.split() if isinstance(overrides, str) else overrides
+    if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        return None
     name = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "default")
     return "student" if name == "seed" else name
 
@@ -298,16 +353,15 @@ def trusted_runs(log_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def best_per_recipe(log_dir: str | Path) -> list[dict[str, Any]]:
-    """The best trusted run of each recipe under log_dir, by val_acc, best first."""
+    """The best trusted run of each recipe under log_dir, by sure_acc, best first."""
     best: dict[str, dict[str, Any]] = {}
-    for run in trusted_runs(log_dir):
-        if run["val_acc"] > best.get(run["recipe"], {}).get("val_acc", -1):
-            best[run["recipe"]] = run
-    return sorted(best.values(), key=lambda r: -r["val_acc"])
+    for run in sorted(trusted_runs(log_dir), key=sure_acc):
+        best[run["recipe"]] = run  # the last, the surest, stays
+    return sorted(best.values(), key=lambda r: -sure_acc(r))
 
 
 def best_on_drawings(log_dir: str | Path) -> dict[str, Any] | None:
     """The trusted run under log_dir that reads validation drawings best, ties to the
     better val_acc; None when no record has that score."""
     scored = [r for r in trusted_runs(log_dir) if _accuracy(r.get("val_drawings_acc"))]
-    return min(scored, key=lambda r: (-r["val_drawings_acc"], -r["val_acc"]), default=None)
+    return min(scored, key=lambda r: (-r["val_drawings_acc"], -sure_acc(r)), default=None)

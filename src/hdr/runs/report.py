@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
@@ -35,10 +35,16 @@ def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
     return board if board and trainer.is_global_zero else None
 
 
-def tensorboard(trainer: L.Trainer) -> Any:
-    """The run's TensorBoard SummaryWriter on rank 0, else None."""
-    board = tensorboard_logger(trainer)
-    return board.experiment if board else None
+def log_image(trainer: L.Trainer, tag: str, image: np.ndarray, step=None, png=None) -> None:
+    """A figure to each of the run's loggers that takes one in a call, on rank 0: the image
+    to TensorBoard and wandb, its PNG file (`png`, if saved) to MLflow as an artifact."""
+    for each in trainer.loggers if trainer.is_global_zero else ():
+        if isinstance(each, TensorBoardLogger):
+            add_image(each.experiment, tag, image, step)
+        elif isinstance(each, WandbLogger):
+            each.log_image(tag, [image])
+        elif isinstance(each, MLFlowLogger) and png is not None:
+            each.experiment.log_artifact(each.run_id, str(png))
 
 
 class QualityReport(L.Callback):
@@ -61,15 +67,10 @@ class QualityReport(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         matrix = self._compute("val")  # a collective under DDP: every rank calls it
-        writer = tensorboard(trainer)
-        if writer is not None and not trainer.sanity_checking:
+        if trainer.loggers and trainer.is_global_zero and not trainer.sanity_checking:
             title = f"val confusion matrix, epoch {trainer.current_epoch}"
-            add_image(
-                writer,
-                "val/confusion_matrix",
-                confusion_image(matrix, title),
-                trainer.current_epoch,
-            )
+            image = confusion_image(matrix, title)
+            log_image(trainer, "val/confusion_matrix", image, trainer.current_epoch)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.wrong = []
@@ -112,9 +113,8 @@ class QualityReport(L.Callback):
 
     def _save(self, image: np.ndarray, name: str, trainer: Any = None, tag: str = "") -> None:
         write_atomic(self.run.path / name, png_of(image))
-        writer = tensorboard(trainer) if trainer is not None else None
-        if writer is not None:
-            add_image(writer, tag, image)
+        if trainer is not None:
+            log_image(trainer, tag, image, png=self.run.path / name)
 
 
 class DrawingsReport(L.Callback):
@@ -162,7 +162,7 @@ class DrawingsReport(L.Callback):
             buffer = io.BytesIO()
             torch.save(made, buffer)
             with contextlib.suppress(OSError):  # unwritable: the next run makes them again
-                write_atomic(path, buffer.getvalue())
+                write_atomic(path, buffer.getvalue(), sync=False)
         return made
 
 

@@ -5,37 +5,52 @@ What the user can fix ends in one line, `Error: ...`; only a bug in hdr shows a 
 import contextlib
 import errno
 import gc
+import importlib.util
 import logging
 import math
 import multiprocessing
 import os
+import re
 import sys
 import threading
 import time
+import types
 import warnings
+from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from hdr.core.data import DataError
-from hdr.core.settings import ConfigError
+from hdr.core.settings import ConfigError, require
 from hdr.runs.checkpoint import CheckpointError, check_resumable, load_model, read_checkpoint
-from hdr.runs.config import CONF_DIR, check, register_schemas
+from hdr.runs.config import (
+    CONF_DIR,
+    check,
+    compose,
+    config_keys,
+    nearest_key,
+    register_schemas,
+)
 from hdr.runs.prune import Pruning
 from hdr.runs.records import (
     HEADLINE,
     RecordError,
     RunDir,
     claim,
+    gpu_lease,
     rank_zero,
     record_best,
     relative_to_run,
@@ -65,8 +80,8 @@ def train(cfg: DictConfig, resumed: bool = False) -> tuple[dict[str, float], dic
     datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     if cfg.get("init_from"):
         start_from(model, cfg.init_from)
-    groups = [cfg.get("callbacks") or {}, cfg.get("logger") or {}]
-    callbacks, loggers = ([instantiate(n) for n in g.values() if "_target_" in n] for g in groups)
+    callbacks = [instantiate(n) for n in (cfg.get("callbacks") or {}).values() if "_target_" in n]
+    loggers = [logger(k, n) for k, n in (cfg.get("logger") or {}).items() if "_target_" in n]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     resume, start_step, finished = cfg.get("ckpt_path"), 0, False
@@ -91,12 +106,20 @@ def train(cfg: DictConfig, resumed: bool = False) -> tuple[dict[str, float], dic
             del ckpt
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        if trainer.global_step == start_step and not finished:
+        step, epochs = trainer.global_step, trainer.current_epoch
+        if not step and (last := RunDir(Path(cfg.paths.output_dir)).last).is_file():
+            saved = read_checkpoint(last)  # ddp_spawn trained in processes of its own: only
+            step, epochs = saved["global_step"], saved["epoch"] + 1  # their files tell
+        if step == start_step and not finished:
             raise ConfigError(
                 "The run trained nothing: trainer.max_steps, limit_train_batches or the "
                 "epochs left after ckpt_path leave no step to train. Give it steps to train."
             )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # The validation images scored (ranks runs: records.sure_acc), before test() takes the count.
+    val_images = min(
+        cfg.data.val_size, int(sum(trainer.num_val_batches)) * cfg.data.eval_batch_size
+    )
     pruned_at = next((c.pruned_at for c in callbacks if isinstance(c, Pruning)), None)
     keeper = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the best's
     best = (keeper.best_model_path if keeper and cfg.get("train") else resume) or ""
@@ -113,10 +136,12 @@ def train(cfg: DictConfig, resumed: bool = False) -> tuple[dict[str, float], dic
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     result = {
-        "status": "ok" if pruned_at is None else "pruned",
+        # fast_dev_run: a smoke test, its scores from a batch; it saves no checkpoint
+        "status": "pruned" if pruned_at is not None else "smoke" if trainer.fast_dev_run else "ok",
         "pruned_at": pruned_at,
         **{key: metrics.get(metric) for metric, key, _ in HEADLINE},
-        "epochs": trainer.current_epoch,
+        "val_images": val_images,
+        "epochs": epochs if cfg.get("train") else trainer.current_epoch,
         "seconds": round(time.perf_counter() - start, 1),
         "checkpoint": str(Path(best).resolve()) if best else "",
     }
@@ -134,18 +159,20 @@ def train(cfg: DictConfig, resumed: bool = False) -> tuple[dict[str, float], dic
 def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], result: dict) -> None:
     """result.json (its checkpoint relative to the run folder, so the record holds if the
     folder moves), the HPARAMS entry beside the run's curves, and the headline in the log."""
-    board = tensorboard_logger(trainer)
-    if board is not None:
-        hp = {f"hp/{m.replace('/', '_')}": metrics[m] for m, _, _ in HEADLINE if m in metrics}
-        keep = {
-            "model": {k: v for k, v in cfg.model.items() if not k.startswith("_")},
-            "data": {"batch_size": cfg.data.batch_size},
-            **{k: cfg.trainer.get(k) for k in ("max_epochs", "precision")},
-            "seed": cfg.get("seed"),
-        }  # what changes the model it trains, not where files are
-        hparams = OmegaConf.to_container(OmegaConf.create(keep), resolve=True)
-        board.log_hyperparams(hparams, metrics=hp)
-        board.experiment.flush()
+    keep = {
+        "model": {k: v for k, v in cfg.model.items() if not k.startswith("_")},
+        "data": {"batch_size": cfg.data.batch_size},
+        **{k: cfg.trainer.get(k) for k in ("max_epochs", "precision")},
+        **{k: cfg.get(k) for k in ("seed", "tags")},
+    }  # what changes the model it trains, not where files are; and the user's tags
+    hparams = OmegaConf.to_container(OmegaConf.create(keep), resolve=True)
+    hp = {f"hp/{m.replace('/', '_')}": metrics[m] for m, _, _ in HEADLINE if m in metrics}
+    for each in trainer.loggers:  # TensorBoard's HPARAMS entry holds the headline too
+        board = each is tensorboard_logger(trainer)
+        each.log_hyperparams(hparams, **({"metrics": hp} if board else {}))
+        each.save()
+    if (wandb := sys.modules.get("wandb")) is not None and wandb.run is not None:
+        wandb.finish()  # else the next run of a sweep's process would log into it
     for metric, _, words in HEADLINE:
         if metric in metrics:
             log.info("%s: %.2f%%", words, 100 * metrics[metric])
@@ -154,7 +181,23 @@ def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], resul
         "Outputs (checkpoints, plots, logs): %s\nTensorBoard: tensorboard --logdir %s", out, out
     )
     ckpt = relative_to_run(result["checkpoint"], out) if result["checkpoint"] else ""
-    write_result(out, **{**result, "checkpoint": ckpt}, overrides=task_overrides())
+    tags = hparams["tags"]
+    write_result(out, **{**result, "checkpoint": ckpt}, tags=tags, overrides=task_overrides())
+
+
+def logger(name: str, node: DictConfig) -> Any:
+    """The run's logger `name`; one whose package is missing is one line naming its extra."""
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        if not isinstance(e.__cause__, ImportError):
+            raise
+        fix = f"pip install -e '.[{name}]'"
+        if name not in (metadata.metadata("hdr").get_all("Provides-Extra") or []):
+            fix = "install it"  # a logger of the user's own: Lightning's hint says which
+        raise ConfigError(
+            f"logger.{name} needs a package that is not installed ({e.__cause__}): {fix}"
+        ) from None
 
 
 def start_from(model: Any, checkpoint: str) -> None:
@@ -226,9 +269,10 @@ def run(cfg: DictConfig) -> float | None:
         die_with_parent()
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
+    lead = rank_zero()  # DDP's other ranks join rank 0's run: its folder and records are rank 0's
     try:
-        with claim(out, wait=sweeping and rank_zero()) as holder:
-            if holder and rank_zero():
+        with claim(out, wait=sweeping) if lead else contextlib.nullcontext() as holder:
+            if holder:
                 raise RecordError(
                     f"{out} is in use by another run ({holder}): wait for it to end, or give "
                     "this run another folder."
@@ -242,20 +286,54 @@ def run(cfg: DictConfig) -> float | None:
                 return math.nan
             if action == "skip":
                 val = detail.get("val_acc")
-                shown = f"{100 * val:.2f}%" if isinstance(val, float) else val
-                log.info("Finished before (%s, val acc %s): skipped.", detail["status"], shown)
+                val = val if isinstance(val, float) else math.nan  # null: not measured
+                log.info(
+                    "Finished before (%s, val acc %.2f%%): skipped.", detail["status"], 100 * val
+                )
                 return val
             if action == "resume":
-                log.info("Resuming from %s", detail)
                 cfg.ckpt_path = str(detail)
-            return _train(cfg, out, sweeping, resumed=action == "resume")
+                if lead:
+                    log.info("Resuming from %s", detail)
+            with own_command(out), contextlib.ExitStack() as gpu:
+                if lead and HydraConfig.get().runtime.choices.get("hydra/launcher") == "gpus":
+                    count = torch.cuda.device_count()  # one run each at once, on its own
+                    cfg.trainer.devices = [gpu.enter_context(gpu_lease(count))]
+                return _train(cfg, out, sweeping, resumed=action == "resume")
     except RecordError as e:  # its folder cannot be claimed: in a sweep, the others go on
         if not sweeping:
             raise
         log.error("Run not started, the sweep goes on: %s", e)
-        with contextlib.suppress(OSError):
-            write_result(out, status="failed", error=str(e), overrides=task_overrides())
+        if lead:
+            with contextlib.suppress(OSError):
+                write_result(out, status="failed", error=str(e), overrides=task_overrides())
         return math.nan
+
+
+@contextlib.contextmanager
+def own_command(out: Path) -> Iterator[None]:
+    """Lightning's DDP starts ranks 1.. of a run by running `python -m <__main__> <sys.argv>
+    hydra.run.dir=<hydra.run.dir>` again: in a sweep that would start the sweep again, its
+    runs claiming folders, and in a joblib, Ray or SLURM worker not even hdr's command. For
+    the run, they are this run's own: its overrides, in its folder. After it, its process
+    group and Lightning's DDP variables go, so that the process's next run starts its own."""
+    argv, main, env = sys.argv, sys.modules["__main__"], dict(os.environ)
+    name = f"--config-name={HydraConfig.get().job.config_name}"  # train, or hdr.eval's eval
+    sys.argv = [argv[0], name, *task_overrides(), "hydra.mode=RUN"]
+    command = types.ModuleType("__main__")  # Lightning reads only its spec: `python -m hdr.train`
+    command.__spec__ = importlib.util.find_spec("hdr.train")
+    sys.modules["__main__"] = command
+    with read_write(HydraConfig.get()):
+        HydraConfig.get().run.dir = str(out)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        sys.argv, sys.modules["__main__"] = argv, main
+        for key in set(os.environ) - set(env):
+            del os.environ[key]
+        os.environ.update(env)
 
 
 def quiet() -> None:
@@ -286,7 +364,9 @@ def _train(cfg: DictConfig, out: Path, sweeping: bool, resumed: bool) -> float |
             else f"run the same command with hydra.run.dir={out}"
         )
         then += ": it resumes this run"
-        reason = disk_full(e, then) or f"{type(e).__name__}: {e}"
+        reason = disk_full(e, then) or (
+            one_line(e) if isinstance(e, OmegaConfBaseException) else f"{type(e).__name__}: {e}"
+        )
         saved = RunDir(out).last.relative_to(out)
         if isinstance(e, SIGTERMException):  # SLURM's scancel, time limit or preemption
             reason = (
@@ -298,6 +378,9 @@ def _train(cfg: DictConfig, out: Path, sweeping: bool, resumed: bool) -> float |
                 f"stopped at its SLURM time limit with its {saved} saved: the same sweep "
                 "command resumes it (hydra.launcher.timeout_min gives runs more time)"
             )
+        if not rank_zero():  # rank 0 records the end; a failed exit would make Lightning kill it
+            log.error("This DDP rank stopped: %s", reason)
+            return math.nan
         try:
             write_result(out, status="failed", error=reason, overrides=task_overrides())
         except OSError as write_error:
@@ -316,6 +399,31 @@ def _train(cfg: DictConfig, out: Path, sweeping: bool, resumed: bool) -> float |
         row = {**objects["result"], "overrides": " ".join(task_overrides()), "dir": str(out)}
         record_best([row], cfg.paths.best_record)
     return metrics.get(cfg.get("optimized_metric"))  # what a sweeper maximises
+
+
+class CheckFirst(Callback):
+    """Refuses a command before Hydra makes its run's folder, which it does before the run
+    starts (conf/hydra/default.yaml): a refused command leaves none. (Hydra turns a
+    callback's error into a warning: a refusal exits.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse(lambda: check(config))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        def n_jobs() -> None:  # joblib's; read inside: resolving it may refuse (hdr.gpus)
+            value = OmegaConf.select(config, "hydra.launcher.n_jobs")
+            rule = "runs at once: 1 or more (-1: one per core)"
+            require(value != 0, "hydra.launcher.n_jobs", value, rule)
+
+        refuse(n_jobs)
+
+
+def refuse(checks: Callable[[], Any]) -> None:
+    """Run `checks`; a user's mistake ends the command in one `Error:` line."""
+    try:
+        checks()
+    except (*USER_ERRORS, OmegaConfBaseException) as e:
+        sys.exit(f"Error: {one_line(e)}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -341,13 +449,45 @@ def main() -> None:
                 " A value holding '=' (a sweep run's folder, say) must be quoted: "
                 """'ckpt_path="outputs/.../0_model.lr=0.01/checkpoints/last.ckpt"'."""
             )
-        sys.exit(f"Error: {one_line(e).rstrip('.')}.{fix}")
+        sys.exit(f"Error: {unknown_key(e) or one_line(e).rstrip('.') + '.' + fix}")
     except OSError as e:  # Hydra making the run's folder, before any run starts
+        if e.errno == errno.ENAMETOOLONG:
+            name = max(Path(e.filename or "").parts, key=len, default="")
+            sys.exit(
+                f"Error: a folder name of {len(name.encode()):,} bytes ({name[:30]}...) is too "
+                "long: 255 at most. Name the run's folder with hydra.run.dir=PATH "
+                "(hydra.sweep.dir and hydra.sweep.subdir in a sweep, whose runs are named by "
+                "their overrides), or give fewer overrides."
+            )
         sys.exit(
             f"Error: {disk_full(e) or f'cannot write {e.filename}: {e.strerror}'}. Point "
             "paths.log_dir (HDR_LOG_DIR), hydra.run.dir or hydra.sweep.dir at a folder you "
             "can write to."
         )
+
+
+def unknown_key(e: BaseException) -> str | None:
+    """Hydra's refusal of an override, said as its fix: the known key nearest an unknown
+    one (Hydra's own advice, +key, adds a key hdr refuses), no + on a key that is there."""
+    text = f"{e} {e.__cause__}"
+    if there := re.search(r"An item is already at '([^']+)'", text):
+        given = next((a for a in sys.argv if a.startswith(f"+{there[1]}=")), f"+{there[1]}")
+        return f"{there[1]} is a key already: drop the +, {given[1:]}."
+    found = re.search(r"Could not override '([^']+)'|Error merging override \+*([^=\s]+)=", text)
+    if not found:
+        return None
+    key = found[1] or found[2]
+    others = [a for a in sys.argv[1:] if "=" in a and not a.lstrip("+~").startswith(f"{key}=")]
+    for overrides in (others, []):  # the keys of this config, its groups as chosen
+        with contextlib.suppress(Exception):
+            known = config_keys(compose(overrides, hydra=True))
+            if key in known:  # a value Hydra refuses: its own message says which
+                return None
+            near = nearest_key(key, known)
+            return f"{key} is not a key of the config" + (
+                f": did you mean {near}?" if near else "."
+            )
+    return None
 
 
 def one_line(e: BaseException) -> str:
