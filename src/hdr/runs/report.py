@@ -1,10 +1,8 @@
-"""A run's report, as Lightning callbacks: confusion matrices, calibration, per-class
-precision and recall and the most confident mistakes, as PNGs in the run folder and images in
-TensorBoard (whose scalars are the accuracy curves, a sweep's runs side by side); and how
-well the model reads people's drawings.
-
-Figures are drawn with Pillow in milliseconds; torchmetrics' matplotlib plot() took 0.44 to
-0.69 s a figure here (and a second to import), every epoch of every run of a sweep."""
+"""A run's report, as Lightning callbacks: confusion matrices, calibration, per-class precision
+and recall and the most confident mistakes (PNGs in the run folder, images in TensorBoard beside
+its accuracy curves); and how well the model reads people's drawings. Figures are drawn with
+Pillow in milliseconds: torchmetrics' matplotlib plot() took 0.44 to 0.69 s a figure here (and a
+second to import), every epoch of every run of a sweep."""
 
 import contextlib
 import functools
@@ -68,8 +66,7 @@ class QualityReport(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         matrix = self._compute("val")  # a collective under DDP: every rank calls it
         if trainer.loggers and trainer.is_global_zero and not trainer.sanity_checking:
-            title = f"val confusion matrix, epoch {trainer.current_epoch}"
-            image = confusion_image(matrix, title)
+            image = confusion_image(matrix, f"val confusion matrix, epoch {trainer.current_epoch}")
             log_image(trainer, "val/confusion_matrix", image, trainer.current_epoch)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -81,8 +78,7 @@ class QualityReport(L.Callback):
         probs = outputs.softmax(-1)
         self.ece.update(probs, y)
         conf, pred = probs.max(-1)
-        miss = pred != y
-        self.wrong.append((conf[miss], x[miss], y[miss], pred[miss]))
+        self.wrong.append(tuple(t[pred != y] for t in (conf, x, y, pred)))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         matrix = self._compute("test")
@@ -111,18 +107,18 @@ class QualityReport(L.Callback):
         self.matrix[stage].reset()
         return matrix
 
-    def _save(self, image: np.ndarray, name: str, trainer: Any = None, tag: str = "") -> None:
-        write_atomic(self.run.path / name, png_of(image))
-        if trainer is not None:
-            log_image(trainer, tag, image, png=self.run.path / name)
+    def _save(self, image: np.ndarray, name: str, trainer: L.Trainer, tag: str) -> None:
+        buffer = io.BytesIO()  # at zlib's fastest level, a third of the default's time
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+        write_atomic(self.run.path / name, buffer.getvalue())
+        log_image(trainer, tag, image, png=self.run.path / name)
 
 
 class DrawingsReport(L.Callback):
     """After the test, how well the model reads people's drawings (hdr.core.drawings):
-    `test/drawings_acc` (and one per style), `per_style` drawings of each style made from
-    test digits, which measure only; and `val/drawings_acc`, VAL_PER_STYLE of each from
-    validation digits, the same for every run, which ranks runs for the app. Made once, kept
-    in `cache_dir` under a name that changes with the code that makes them."""
+    `test/drawings_acc` (and one per style) on `per_style` drawings a style from test digits,
+    which only measures; `val/drawings_acc` on VAL_PER_STYLE from validation digits, the same
+    for every run, which ranks runs for the app. Made once, kept in `cache_dir`."""
 
     _made: dict[tuple[str, int, int], dict] = {}  # the same drawings every run of a process
 
@@ -150,6 +146,7 @@ class DrawingsReport(L.Callback):
     def _cached(self, digits: Any, split: str, per_style: int, seed: int) -> dict:
         path = None
         if self.cache_dir is not None:
+            # named by the code that makes them: changed code makes them again
             code = "".join(inspect.getsource(m) for m in (drawings, pictures))
             digest = hashlib.sha256(code.encode()).hexdigest()[:16]
             path = self.cache_dir / f"drawings-{split}-{per_style}-{seed}-{digest}.pt"
@@ -164,13 +161,6 @@ class DrawingsReport(L.Callback):
             with contextlib.suppress(OSError):  # unwritable: the next run makes them again
                 write_atomic(path, buffer.getvalue(), sync=False)
         return made
-
-
-def png_of(image: np.ndarray) -> bytes:
-    """An RGB array as PNG bytes, at zlib's fastest level (a third of the default's time)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def add_image(writer: Any, tag: str, image: np.ndarray, step: int | None = None) -> None:
@@ -189,9 +179,7 @@ def _glyphs(text: str, size: int) -> Image.Image:
     return mask
 
 
-def _text(
-    draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: Any, size: int = 12
-):
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: Any, size=12):
     draw.bitmap((round(xy[0]), round(xy[1])), _glyphs(text, size), fill=fill)
 
 
@@ -237,12 +225,8 @@ def mistakes_image(
     pixels = (255 * (1 - x[:, 0].clamp(0, 1))).to(torch.uint8).cpu().numpy()  # dark on white
     for i in range(len(conf)):
         left, upper = 10 + (i % cols) * (side + 10), top + (i // cols) * (side + caption + 8)
-        _text(
-            draw,
-            (left, upper),
-            f"{int(y[i])} -> {int(pred[i])} ({100 * float(conf[i]):.0f}%)",
-            "black",
-        )
+        label = f"{int(y[i])} -> {int(pred[i])} ({100 * float(conf[i]):.0f}%)"
+        _text(draw, (left, upper), label, "black")
         digit = Image.fromarray(pixels[i]).resize((side, side), Image.Resampling.NEAREST)
         image.paste(digit.convert("RGB"), (left, upper + caption))
     return np.asarray(image)

@@ -1,14 +1,12 @@
 """Keeping what people correct in the app ("that's wrong, it is a 7") in the corrections
-folder (its format: hdr.core.corrections). A drawing's id hashes its shape and pixels, so the
-same drawing sent again is the same entry. The pictures are written whole before their line
-is appended in one write: a full disk, a kill or a torn line loses that correction at most.
-Names inside the folder come from hashes, never from a request.
+folder (its format: hdr.core.corrections). A drawing's id hashes its shape and pixels: sent again,
+it is the same entry. Its pictures are written whole before its line is appended in one write, so
+a full disk, a kill or a torn line loses that correction at most; names come from hashes, never
+from a request. A client (its address) is kept as an HMAC under a secret made once beside the
+corrections (KEY, mode 0600; an unsalted hash of an address is reversed by trying them), paced,
+and holds at most MAX_SHARE of the folder; its clients' agreement decides a drawing's label."""
 
-A client is the app's client address, kept as an HMAC of it under a secret made once beside
-the corrections (KEY, mode 0600): an unsalted hash of an address is reversed by trying them.
-Each client is paced and holds at most MAX_SHARE of the folder, so no one client can fill it;
-a drawing's label is decided by its clients' agreement (core.corrections.decide)."""
-
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -73,9 +71,8 @@ class Corrections:
         original = png(picture)
         if len(original) > MAX_PNG:
             raise ValueError("This drawing is too large to keep: draw on the page's pad.")
-        picture = np.ascontiguousarray(picture)
-        shape = f"{picture.shape} {picture.dtype}".encode()
-        key = hashlib.sha256(shape + picture.tobytes()).hexdigest()[:24]
+        a = np.ascontiguousarray(picture)  # the id: a hash of its shape and pixels
+        key = hashlib.sha256(f"{a.shape} {a.dtype}".encode() + a.tobytes()).hexdigest()[:24]
         with self._lock:
             try:
                 who = self._client_id(client)
@@ -118,16 +115,13 @@ class Corrections:
             if not path.exists():
                 self.folder.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f"{KEY}.{os.getpid()}.{threading.get_ident()}.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                    f.write(os.urandom(32))
+                    f.flush()
+                    os.fsync(f.fileno())
                 try:
-                    os.write(fd, os.urandom(32))
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                try:
-                    os.link(tmp, path)  # fails if another app made it meanwhile: theirs holds
-                except FileExistsError:
-                    pass
+                    with contextlib.suppress(FileExistsError):
+                        os.link(tmp, path)  # fails if another app made it meanwhile: theirs holds
                 finally:
                     tmp.unlink()
             self._key = path.read_bytes()
@@ -165,15 +159,13 @@ class Corrections:
                 raise ValueError(why)
 
     def _append(self, line: str) -> None:
-        """One line in one write; after a torn line (a full disk, a kill), a new line first,
-        so the torn one stays alone and is skipped on reading."""
+        """One line in one write, after a newline if the last line was torn (a full disk, a
+        kill): the torn one stays alone and is skipped on reading."""
         fd = os.open(self.folder / INDEX, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
+        with os.fdopen(fd, "ab+", buffering=0):  # closes fd
             size = os.fstat(fd).st_size
             torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
             os.write(fd, (("\n" if torn else "") + line + "\n").encode())
             os.fsync(fd)
             if size == 0:  # a new index: its name on disk too
                 sync_folder(self.folder)
-        finally:
-            os.close(fd)

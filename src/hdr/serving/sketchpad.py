@@ -1,12 +1,10 @@
 """Gradio's Sketchpad and server, bounded: what one request may make it decode and keep, what
-one client may send, our decoder for its images, and the 28x28 previews the page shows.
-Gradio 6 bounds an upload's size (max_file_size) but not what its Sketchpad decodes and keeps,
-nor a client's total: tests/test_hostile.py shows each bound holding."""
+one client may send (Gradio 6 bounds only an upload's size), our decoder for its images, and
+the 28x28 previews the page shows. tests/test_hostile.py shows each bound holding."""
 
 import asyncio
 import hashlib
 import io
-import json
 import sys
 import threading
 import time
@@ -21,12 +19,12 @@ from gradio.route_utils import FnIndexInferError
 from gradio.utils import get_upload_folder
 from PIL import Image
 from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
 
 from hdr.core.pictures import read_picture
 from hdr.utils import write_atomic
 
-# Gradio's Sketchpad starts with no tool chosen ("select the draw tool to start"): pick the
-# brush for the user, on load and after Clear, so drawing works at once.
+# Gradio's Sketchpad starts with no tool chosen: pick the brush, on load and after Clear.
 PICK_BRUSH = (
     "() => setTimeout(() => document.querySelector('button[aria-label=Brush]')?.click(), 300)"
 )
@@ -35,15 +33,12 @@ MAX_LAYERS = 8  # a drawing's layers decoded at most; the page sends one, or a c
 MAX_SKETCHES = 64  # drawings held half-sent (Gradio's blob storage), the oldest dropped first
 MAX_SKETCH_BYTES = 64 << 20  # and their bytes in all, the oldest dropped first
 MAX_PREVIEWS = 256  # 28x28 previews kept on disk, the oldest deleted first
-# Gradio's own cache of uploads and outputs: every minute, files older than 10 minutes go.
-DELETE_CACHE = (60, 600)
-# What one client (an address) and all clients together may send in uploads and sketch
-# blobs in a window as long as the cache keeps them: so the cache holds at most ALL_BYTES.
+DELETE_CACHE = (60, 600)  # Gradio's cache of uploads: every minute, files over 10 minutes go
+# Files one client (an address) and all clients may send in the time the cache keeps them.
 CLIENT_BYTES, ALL_BYTES, WINDOW = 64 << 20, 512 << 20, DELETE_CACHE[1]
 BUDGETED = ("/gradio_api/upload", "/gradio_api/component_server")  # the POSTs that carry files
 IDLE = 30  # seconds a file's body may pause before the request is dropped
-# Gradio's internals that guard(), answer_malformed() and app/app.py replace, per class:
-# constraints.txt pins the Gradio that has them, and a test fails naming any one missing.
+# Gradio's internals replaced here and in app/app.py: constraints.txt pins them, a test checks.
 PATCHED = {
     "Sketchpad": ("preprocess", "accept_blobs", "blob_storage", "convert_and_format_image"),
     "Blocks": ("preprocess_data",),
@@ -51,12 +46,10 @@ PATCHED = {
 
 
 class ClientBudget:
-    """ASGI middleware: the bytes each client (its address; a proxy's word only from
-    --trusted-proxy) and all clients together may POST in files within WINDOW seconds,
-    counted as they arrive: a request that declares more than is left is refused before its
-    body, one whose bytes go over is cut off there, and one that sends nothing holds nothing.
-    A refused API call (an unknown endpoint or fn_index, a dropped upload) is a 4xx and one
-    line in the log, not a 500 and a stack trace."""
+    """ASGI middleware: the bytes each client (its address; a proxy's word only with
+    --trusted-proxy) and all clients may POST in files within WINDOW seconds, counted as they
+    arrive: a request declaring more than is left is refused before its body, one going over is
+    cut off there. A refused API call is a 4xx and one log line, not a 500 and a stack trace."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -71,9 +64,8 @@ class ClientBudget:
         path, client = scope.get("path", "").rstrip("/"), (scope.get("client") or ("?",))[0]
         budgeted = scope["method"] == "POST" and path in BUDGETED
         size = dict(scope["headers"]).get(b"content-length", b"").decode()
-        refused = (
-            self.charge(client, int(size), keep=False) if budgeted and size.isdigit() else None
-        )
+        declared = budgeted and size.isdigit()
+        refused = self.charge(client, int(size), keep=False) if declared else None
         started = body_done = False
 
         async def counted():
@@ -110,10 +102,7 @@ class ClientBudget:
             return
         status, message = refused
         print(f"Refused {scope['method']} {path} from {client}: {message}", file=sys.stderr)
-        body = json.dumps({"error": message}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await JSONResponse({"error": message}, status)(scope, receive, send)
 
     def charge(self, client: str, size: int, keep: bool = True) -> tuple[int, str] | None:
         """None, and `size` counted against `client` if `keep`, if it fits both budgets."""
@@ -144,30 +133,25 @@ class ClientBudget:
 def decode(file: FileData | bytes | None, flatten_on_white: bool = False) -> np.ndarray | None:
     """A Sketchpad image decoded by our `read_picture`, not Gradio's: a huge one is refused
     from its header, and every kind of image reads as /picture reads it."""
-    if file is None:
-        return None
     try:
         if isinstance(file, FileData):
             return read_picture(file.path, name=file.orig_name or "the drawing")
-        return read_picture(bytes(file))
+        return None if file is None else read_picture(bytes(file))
     except ValueError as e:  # the message is the answer: no stack trace on the console
         print(f"Refused a drawing: {e}", file=sys.stderr)
         raise gr.Error(str(e), print_exception=False) from None
 
 
 def guard(pad: gr.Sketchpad) -> None:
-    """Bound what one request can make the Sketchpad decode and keep. Gradio decodes the
-    background, every layer and the composite, and keeps half-sent drawings by any id and
-    layer index a client names (many layers of one huge upload took gigabytes). Here: the
-    composite alone when there is one, else at most MAX_LAYERS layers; at most MAX_SKETCHES
-    half-sent drawings, MAX_SKETCH_BYTES in all."""
+    """Bound what one request makes the Sketchpad decode and keep: the composite alone if sent,
+    else MAX_LAYERS layers; MAX_SKETCHES half-sent drawings, MAX_SKETCH_BYTES in all. (Gradio
+    decodes every layer and keeps any id and layer index: one huge upload's layers took GBs.)"""
     preprocess, accept_blobs = pad.preprocess, pad.accept_blobs
     pad.blob_storage = OrderedDict()
 
     def bounded_preprocess(payload):
-        if payload is None:
-            return None
-        value = pad.blob_storage.pop(payload.id, None) if payload.id is not None else payload
+        sent = payload is not None and payload.id is not None  # in pieces, to blob storage
+        value = pad.blob_storage.pop(payload.id, None) if sent else payload
         if value is None:
             return None
         layers = [] if value.composite is not None else [x for x in value.layers if x]
@@ -178,9 +162,9 @@ def guard(pad: gr.Sketchpad) -> None:
                 print_exception=False,
             )
         value = type(value)(background=None, layers=layers, composite=value.composite)
-        if payload.id is not None:  # as Gradio would have found it in its blob storage
+        if sent:  # as Gradio would have found it in its blob storage
             pad.blob_storage[payload.id] = value
-        return preprocess(payload if payload.id is not None else value)
+        return preprocess(payload if sent else value)
 
     def bounded_accept_blobs(data):
         index = data.data.get("index")
@@ -201,8 +185,7 @@ def held(blobs: OrderedDict) -> int:
 
 
 def answer_malformed(demo: gr.Blocks) -> None:
-    """A request whose values are not what its inputs take gets one message back, not
-    Gradio's `{"error": null}` and a stack trace in the server's log."""
+    """A request its inputs can't take gets one message back, not `{"error": null}` and a trace."""
     preprocess = demo.preprocess_data
 
     async def checked(block_fn, inputs, state, explicit_call=False):
@@ -224,8 +207,7 @@ def answer_malformed(demo: gr.Blocks) -> None:
 
 
 def picture_of(value: dict | np.ndarray) -> np.ndarray:
-    """The picture a Sketchpad value shows: its composite, else its layers over each other
-    (the first non-empty layer's pixels where later ones are transparent), else the array."""
+    """The picture a Sketchpad value shows: its composite, else its layers over each other."""
     if not isinstance(value, dict):
         return np.asarray(value)
     if value.get("composite") is not None:
@@ -237,17 +219,18 @@ def picture_of(value: dict | np.ndarray) -> np.ndarray:
 
 
 def preview(x: torch.Tensor) -> str:
-    """The 28x28 input blown up 6x as a PNG file, written once per content and atomically
-    (Gradio rewrites its cached copy of an array in place: a client got a short read), in
-    Gradio's cache (app/app.py makes it a folder of its own). The newest MAX_PREVIEWS stay."""
+    """The 28x28 input blown up 6x as a PNG file in Gradio's cache (app/app.py gives it a folder
+    of its own), written once per content and atomically: Gradio rewrites its cached copy of an
+    array in place, and a client got a short read. The newest MAX_PREVIEWS stay."""
     big = np.kron(255 * x[0, 0].numpy(), np.ones((6, 6))).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(big).save(buffer, format="png")
-    png = buffer.getvalue()
-    path = previews() / f"{hashlib.sha256(png).hexdigest()[:32]}.png"
+    path = previews() / f"{hashlib.sha256(buffer.getvalue()).hexdigest()[:32]}.png"
     if not path.exists():
-        write_atomic(path, png, sync=False)  # a cache: made again if lost
-        prune_previews()
+        write_atomic(path, buffer.getvalue(), sync=False)  # a cache: made again if lost
+        files = sorted(previews().glob("*.png"), key=mtime)
+        for old in files[: max(0, len(files) - MAX_PREVIEWS)]:
+            old.unlink(missing_ok=True)
     return str(path)
 
 
@@ -255,13 +238,8 @@ def previews() -> Path:
     return Path(get_upload_folder()) / "hdr-previews"
 
 
-def prune_previews() -> None:
-    def mtime(path: Path) -> float:
-        try:
-            return path.stat().st_mtime
-        except OSError:  # deleted meanwhile by another request
-            return 0.0
-
-    files = sorted(previews().glob("*.png"), key=mtime)
-    for old in files[: max(0, len(files) - MAX_PREVIEWS)]:
-        old.unlink(missing_ok=True)
+def mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # deleted meanwhile by another request
+        return 0.0
