@@ -6,7 +6,7 @@ import torch
 
 from hdr.core.augment import augment_batch, low_resolution, random_thickness
 from hdr.core.data import MNISTDataModule
-from hdr.core.models import build_net
+from hdr.core.models import build_net, net_config
 from hdr.core.module import DigitClassifier
 from hdr.core.settings import AugmentConfig
 from hdr.runs.report import QualityReport
@@ -15,6 +15,10 @@ from tests.helpers import DATA_DIR, quiet_trainer
 AUGMENT = {"rotate": 10, "scale": [0.9, 1.1], "shift": 2}
 AFFINE = AugmentConfig(**AUGMENT)
 ELASTIC = AugmentConfig(0, [1.0, 1.0], 0, elastic_alpha=34, elastic_sigma=4)
+
+
+def cnn(**settings) -> torch.nn.Sequential:
+    return build_net(net_config("cnn", **settings))
 
 
 @pytest.mark.parametrize(
@@ -26,7 +30,7 @@ ELASTIC = AugmentConfig(0, [1.0, 1.0], 0, elastic_alpha=34, elastic_sigma=4)
     ],
 )
 def test_cnn_shapes(kwargs):
-    net = build_net("cnn", **kwargs)
+    net = cnn(**kwargs)
     assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == kwargs.get("channels", [32, 64, 128])
@@ -35,7 +39,7 @@ def test_cnn_shapes(kwargs):
 
 def test_cnn_per_block_kernels_padding_and_pool_first():
     kwargs = {"channels": [8, 32, 64], "kernel_size": [5, 3, 3], "padding": [0, 0, 1]}
-    late, early = build_net("cnn", **kwargs), build_net("cnn", **kwargs, pool_first=True)
+    late, early = cnn(**kwargs), cnn(**kwargs, pool_first=True)
     convs = [m for m in early if isinstance(m, torch.nn.Conv2d)]
     assert [(c.kernel_size, c.padding) for c in convs] == [
         ((5, 5), (0, 0)),
@@ -48,8 +52,8 @@ def test_cnn_per_block_kernels_padding_and_pool_first():
     # Max-pool commutes with ReLU: with batch norm off, both orders compute the same function.
     no_bn = {**kwargs, "batch_norm": False, "dropout": 0.0}
     torch.manual_seed(0)
-    a = build_net("cnn", **no_bn)
-    b = build_net("cnn", **no_bn, pool_first=True)
+    a = cnn(**no_bn)
+    b = cnn(**no_bn, pool_first=True)
     b.load_state_dict(a.state_dict())
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(a(x), b(x), atol=1e-6)
@@ -57,7 +61,7 @@ def test_cnn_per_block_kernels_padding_and_pool_first():
 
 def test_cnn_extra_convs_per_block_keep_the_size():
     kwargs = {"channels": [8, 32, 64], "kernel_size": [5, 3, 3], "padding": [0, 0, 1]}
-    deep = build_net("cnn", **kwargs, pool_first=True, convs=[1, 2, 3])
+    deep = cnn(**kwargs, pool_first=True, convs=[1, 2, 3])
     convs = [m for m in deep if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.padding) for c in convs] == [
         (1, 8, (0, 0)),
@@ -71,8 +75,8 @@ def test_cnn_extra_convs_per_block_keep_the_size():
     assert [m for m in deep if isinstance(m, torch.nn.Linear)][0].in_features == 64 * 2 * 2
     assert deep(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     # convs=1 is the net as before the option: older checkpoints load into it
-    plain = build_net("cnn", **kwargs).state_dict()
-    assert build_net("cnn", **kwargs, convs=1).state_dict().keys() == plain.keys()
+    plain = cnn(**kwargs).state_dict()
+    assert cnn(**kwargs, convs=1).state_dict().keys() == plain.keys()
 
 
 def test_augmentation_moves_pixels_but_keeps_the_ink():

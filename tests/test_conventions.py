@@ -4,7 +4,6 @@ a compiled net, and smoke runs recorded as what they are."""
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,11 +14,10 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hdr.runs.checkpoint import load_model
-from hdr.runs.config import check
+from hdr.runs.config import ROOT, check
 from hdr.runs.records import distrust, read_result
 from hdr.runs.train import train
-from tests.helpers import ROOT, run_cli
-from tests.test_hostile import QUICK, one_line
+from tests.test_hostile import QUICK, cli_error, command
 
 TAGS = ["tags=[baseline,try_2]"]
 
@@ -66,33 +64,28 @@ def test_each_logger_writes_a_real_run_offline_that_reads_back(make_cfg, logger)
 
 @pytest.mark.slow
 def test_a_logger_whose_package_is_missing_is_one_line_naming_its_extra(tmp_path):
-    # MLflow hidden as if not installed: Lightning's own check finds no `mlflow` module.
-    code = "import sys; sys.modules['mlflow'] = None; from hdr.runs.train import main; main()"
-    env = {**os.environ, "HDR_LOG_DIR": str(tmp_path)}
-    run = subprocess.run(
-        [sys.executable, "-c", code, "logger=many_loggers", *QUICK],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert one_line(run).startswith("Error: logger.mlflow needs a package that is not installed")
-    assert one_line(run).endswith("pip install -e '.[mlflow]'")
+    # A process of its own: Lightning decides once a process whether `mlflow` is there, and
+    # another test's run may have imported it in this one. Hidden here as if not installed.
+    code = "import sys; sys.modules['mlflow'] = None; from hdr.train import main; main()"
+    cmd = [sys.executable, "-c", code, "logger=mlflow", *QUICK, f"paths.log_dir={tmp_path}"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    (line,) = [ln for ln in run.stderr.splitlines() if ln.startswith("Error")]
+    assert line.startswith("Error: logger.mlflow needs a package that is not installed")
+    assert line.endswith("pip install -e '.[mlflow]'") and run.returncode == 1
 
 
 @pytest.mark.slow
-def test_eval_entry_tests_a_checkpoint_as_train_false_does(tmp_path, trained_checkpoint):
-    cmd = [sys.executable, "-m", "hdr.eval", f"ckpt_path={trained_checkpoint}", *QUICK[-3:]]
-    env = {**os.environ, "HDR_LOG_DIR": str(tmp_path)}
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_eval_entry_tests_a_checkpoint_as_train_false_does(
+    monkeypatch, tmp_path, trained_checkpoint
+):
+    # What `python -m hdr.eval ARGS` runs (the command with conf/eval.yaml), in this process.
+    eval_ = ["--config-name=eval", f"paths.log_dir={tmp_path}"]
+    assert command(monkeypatch, *eval_, f"ckpt_path={trained_checkpoint}", *QUICK[-3:]) is None
     (result,) = (tmp_path / "eval" / "runs").glob("*/result.json")
     record = json.loads(result.read_text())
     assert record["status"] == "ok" and record["test_acc"] > 0.9
     assert record["checkpoint"] == str(trained_checkpoint.resolve())
-    missing = subprocess.run(cmd[:3], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert "ckpt_path" in one_line(missing)
+    assert "ckpt_path" in cli_error(monkeypatch, *eval_)
 
 
 DEBUG = {  # what each mode sets, checked in the composed config
@@ -114,7 +107,7 @@ def test_debug_modes_compose_and_run(make_cfg, mode):
     assert cfg.task_name == "debug"
     assert {k: cfg.trainer[k] for k in DEBUG[mode]} == DEBUG[mode]
     metrics, objects = train(cfg)
-    assert 0 <= metrics["test/acc"] <= 1
+    assert metrics["test/acc"] > 0.2  # twice chance: it learnt from a batch or two
     assert objects["trainer"].global_step >= 1
 
 
@@ -164,18 +157,21 @@ def test_a_compiled_nets_checkpoint_loads_into_a_plain_net(make_cfg):
 
 
 @pytest.mark.slow
-def test_a_smoke_sweep_is_listed_as_smoke_never_the_best_app_tuned_one_line(tmp_path):
+def test_a_smoke_sweep_is_listed_as_smoke_never_the_best_app_tuned_one_line(
+    monkeypatch, tmp_path, capfd
+):
     # fast_dev_run saves no checkpoint; app_tuned finds no finished app run to start from
     sweep = tmp_path / "sweep"
     args = ["-m", "experiment=app_tuned,fast_mlp,mlp_best", "++trainer.fast_dev_run=true"]
-    run = run_cli([*args, f"hydra.sweep.dir={sweep}"], tmp_path, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    args += [f"hydra.sweep.dir={sweep}", f"paths.log_dir={tmp_path}"]
+    assert command(monkeypatch, *args) is None
+    said = capfd.readouterr().err
     rows = {r["run"].split("=")[-1]: r for r in csv.DictReader((sweep / "leaderboard.csv").open())}
     for smoke in ("fast_mlp", "mlp_best"):
         row = rows[smoke]
         assert (row["status"], row["error"], row["checkpoint"]) == ("smoke", "", "")
         assert json.loads((sweep / row["run"] / "result.json").read_text())["status"] == "smoke"
-    assert "not inside" not in run.stderr and not (tmp_path / "best.json").exists()
+    assert "not inside" not in said and not (tmp_path / "best.json").exists()
     assert rows["app_tuned"]["status"] == "failed" and rows["app_tuned"]["error"] == (
         f"No finished experiment=app run under {tmp_path} to start from: train one "
         "(python -m hdr.train experiment=app), or give init_from=<a .ckpt>."

@@ -10,16 +10,9 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from torchvision.datasets import MNIST
 
-from hdr.core.data import (
-    MNIST_MEAN,
-    MNIST_STD,
-    RAW,
-    DataError,
-    MNISTDataModule,
-    has_mnist,
-    raw_dir,
-    verify_raw_files,
-)
+from hdr.core.data import DataError, MNISTDataModule, verify_raw_files
+from hdr.core.models import MNIST_MEAN, MNIST_STD
+from hdr.core.settings import RAW, has_mnist, raw_dir
 from hdr.runs.config import ROOT, data_dir
 from tests.helpers import DATA_DIR
 

@@ -19,6 +19,7 @@ from tensorboard.util.tensor_util import make_ndarray
 from hdr.core.module import DigitClassifier
 from hdr.runs.train import quiet, train
 from tests.helpers import DATA_DIR, ROOT, read_scalars, run_cli, shrunk_cfg
+from tests.test_hostile import cli_error, command
 
 # A few hundred steps of the seed MLP at a small batch: enough for >90% in seconds.
 SHORT_RUN = [
@@ -120,6 +121,7 @@ class EvalProbe(L.Callback):
         self.test_inference.append(torch.is_inference_mode_enabled())
 
 
+@pytest.mark.slow
 def test_validation_runs_once_per_epoch_on_5k_without_gradients(make_cfg):
     probe = "+callbacks.probe._target_=tests.test_train.EvalProbe"
     cfg = make_cfg([probe, "trainer.max_epochs=3", "+trainer.limit_train_batches=4"])
@@ -176,7 +178,7 @@ def test_a_net_in_another_precision_reads_float32_pixels(make_cfg, precision):
     # The drawings report and the app feed float32 pixels to whatever net was trained: a
     # double or bf16 net once stopped the run at its test with a dtype error.
     metrics, objects = train(make_cfg(["debug=fdr", f"trainer.precision={precision}"]))
-    assert 0 <= metrics["test/drawings_acc"] <= 1 and 0 <= metrics["test/acc"] <= 1
+    assert metrics["test/drawings_acc"] > 0.2 and metrics["test/acc"] > 0.2  # one step learnt
     model = objects["model"]
     assert model.dtype != torch.float32
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
@@ -207,7 +209,7 @@ class BatchProbe(L.Callback):
 
 
 @pytest.mark.slow
-def test_ddp_sim_trains_with_two_cpu_processes_each_taking_half_the_batch(tmp_path):
+def test_ddp_sim_trains_with_two_cpu_processes_each_taking_half_the_batch(monkeypatch, tmp_path):
     probe = "+callbacks.probe._target_=tests.test_train.BatchProbe"
     args = [
         "trainer=ddp_sim",
@@ -227,15 +229,11 @@ def test_ddp_sim_trains_with_two_cpu_processes_each_taking_half_the_batch(tmp_pa
     for rank in (0, 1):  # data.batch_size is the global batch: 32 images a process a step
         sizes = (tmp_path / "run" / f"batches-rank{rank}.txt").read_text().split()
         assert sizes == ["32"] * 4
-    odd = run_cli(
-        [*args[:-2], "data.batch_size=63", f"hydra.run.dir={tmp_path / 'odd'}"], tmp_path
-    )
-    assert odd.returncode == 1 and "Traceback" not in odd.stderr
-    assert (
-        "data.batch_size=63 is not allowed: it is the global batch, split between 2" in odd.stderr
-    )
+    odd = cli_error(monkeypatch, *args[:-2], "data.batch_size=63", f"hydra.run.dir={tmp_path}/odd")
+    assert "data.batch_size=63 is not allowed: it is the global batch, split between 2" in odd
 
 
+@pytest.mark.slow
 def test_a_slurm_task_other_than_the_first_is_not_rank_zero():
     # A run of several SLURM tasks: SLURM starts each (srun), its rank in SLURM_PROCID. Only
     # rank 0 holds the run's folder and records; the DDP sweep test proves Lightning's ranks.
@@ -254,7 +252,7 @@ def test_ddp_spawn_reports_what_it_trained_from_python_and_the_command_line(tmp_
     spawn += ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
     spawn += ["+trainer.limit_test_batches=1", "callbacks.drawings.per_style=0"]
     metrics, objects = train(shrunk_cfg(tmp_path / "py", [*spawn, "data.batch_size=256"]))
-    assert objects["result"]["epochs"] == 1 and 0 < metrics["test/acc"] <= 1
+    assert objects["result"]["epochs"] == 1 and metrics["test/acc"] > 0.2
     cli = [*spawn, "data.batch_size=256", "test=false", f"hydra.run.dir={tmp_path / 'cli'}"]
     run = run_cli(cli, tmp_path)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
@@ -310,12 +308,11 @@ def test_two_runs_started_together_get_a_folder_each(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_refuses_a_folder_that_holds_another_runs_result(tmp_path):
-    first = run_cli(["debug=fdr", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120)
-    assert first.returncode == 0, first.stderr[-2000:]
+def test_a_run_refuses_a_folder_that_holds_another_runs_result(monkeypatch, tmp_path):
+    args = ["debug=fdr", f"hydra.run.dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path}"]
+    assert command(monkeypatch, *args) is None
     before = (tmp_path / "run" / "result.json").read_bytes()
-    again = run_cli(["debug=fdr", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120)
-    assert again.returncode == 1 and "already holds a run that ended (smoke)" in again.stderr
+    assert "already holds a run that ended (smoke)" in cli_error(monkeypatch, *args)
     assert (tmp_path / "run" / "result.json").read_bytes() == before
 
 

@@ -3,7 +3,7 @@ train command's own path for `train=false ckpt_path=X`."""
 
 import sys
 
-from hdr.runs.train import main
+from hdr.train import main
 
 if __name__ == "__main__":
     sys.argv[1:1] = ["--config-name=eval"]  # Hydra's own option: the decorator's is train

@@ -1,9 +1,14 @@
-"""What every layer uses: atomic writes, and what this machine's CPU can do."""
+"""What every layer uses: UserError, atomic writes, and what this machine's CPU can do."""
 
 import os
 import platform
 import threading
 from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a value, a file, the machine): its message names it and
+    the fix. The command ends on it in one `Error:` line (hdr.train), never a trace."""
 
 
 def write_atomic(path: str | Path, data: str | bytes, sync: bool = True) -> None:

@@ -19,29 +19,16 @@ from torchvision.datasets import MNIST
 from tqdm import tqdm
 
 from hdr.core.corrections import read_dataset
-from hdr.core.settings import ConfigError, DataConfig
+from hdr.core.settings import RAW, SIZES, ConfigError, DataConfig, has_mnist, raw_dir
+from hdr.utils import UserError
 
 log = logging.getLogger(__name__)
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the 60k training images, in [0, 1]
-# The four decompressed IDX files: SHA-256 as published (torchvision checks only the .gz
-# md5s), and size (the IDX header, then a byte per pixel or label).
-RAW = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-SIZES = dict(zip(RAW, (16 + 60_000 * 784, 8 + 60_000, 16 + 10_000 * 784, 8 + 10_000), strict=True))
-PROVIDE = (
-    "Without internet, copy the four raw IDX files ({names}) into {folder}, or point "
-    "HDR_DATA_DIR (or data.data_dir=...) at a folder holding MNIST/raw/."
-)
 _VERIFIED: set[tuple] = set()  # files hashed good in this process, by what stat() says
 _LOADED: dict[tuple, dict[str, "TensorImages"]] = {}  # splits read in this process, shared
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The MNIST files are missing or damaged; the message says which file and what to do."""
 
 
@@ -61,17 +48,11 @@ def _as_batch(batch: Any) -> Any:  # __getitems__ made the batch: no collate
     return batch
 
 
-def raw_dir(root: str | Path) -> Path:
-    return Path(root).expanduser().resolve() / "MNIST" / "raw"
-
-
-def has_mnist(root: str | Path) -> bool:
-    """Whether `root` holds MNIST's four raw files (checked for damage only when read)."""
-    return all((raw_dir(root) / name).is_file() for name in RAW)
-
-
 def _provide(folder: Path) -> str:
-    return PROVIDE.format(names=", ".join(RAW), folder=folder)
+    return (
+        f"Without internet, copy the four raw IDX files ({', '.join(RAW)}) into {folder}, or "
+        "point HDR_DATA_DIR (or data.data_dir=...) at a folder holding MNIST/raw/."
+    )
 
 
 def check_data_dir(root: str | Path) -> None:
@@ -94,8 +75,7 @@ def verify_raw_files(root: str | Path) -> None:
         )
     fix = "Delete it and download again (data.download=true), or copy a good one."
     for name, expected in RAW.items():
-        size = SIZES[name]
-        path = folder / name
+        path, size = folder / name, SIZES[name]
         st = path.stat()
         if st.st_size != size:  # a wrong file is never read
             raise DataError(
@@ -114,12 +94,10 @@ def verify_raw_files(root: str | Path) -> None:
 
 
 def download(root: str | Path, mirrors: list[str] | None, timeout: float, deadline: float) -> None:
-    """Fetch each missing raw file, trying the mirrors in turn (None: torchvision's). A file
-    is written under a temporary name and renamed once its SHA-256 matches, so a failed
-    download leaves nothing. A mirror may stay silent `timeout` s, one file take `deadline`
-    s in all; what unpacks past MNIST's known size is cut off there (a gzip bomb).
-    (torchvision's own download leaves a truncated file, waits on a trickle for ever and
-    unpacks a bomb: tests/test_download.py, each bad mirror.)"""
+    """Fetch each missing raw file, trying the mirrors in turn (None: torchvision's), renamed
+    into place once its SHA-256 matches: a failed download leaves nothing. A mirror may stay
+    silent `timeout` s, a file take `deadline` s; a gzip bomb is cut off at MNIST's size.
+    (torchvision's own leaves truncated files, waits on a trickle, unpacks bombs.)"""
     check_data_dir(root)
     folder = raw_dir(root)
     try:
@@ -200,7 +178,7 @@ class MNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        if not self.trainer:  # used outside a Trainer: prepare_data was not called for us
+        if not self.trainer:  # outside a Trainer, prepare_data was not called
             self.prepare_data()
         key = (str(self.data_dir), self.hparams.val_size, self.hparams.split_seed)
         if key not in _LOADED:  # a sweep's runs in one process, or a test session, read once

@@ -1,22 +1,22 @@
-"""Plain nn.Module nets, each built from its config object (nanoGPT's GPTConfig way), each
-returning raw logits. A net's config holds its defaults and allowed values: Hydra types
-`model.net` by it, and a checkpoint's net description is rebuilt through it, so settings
-added later take their defaults in old checkpoints."""
+"""The nets, each an nn.Sequential built from its config object (nanoGPT's GPTConfig way),
+returning raw logits; and read_pixels, what every model feeds its net. To change the MLP:
+MLPConfig (its settings, defaults and checks) and `mlp` here, and conf/model/mlp.yaml for a
+run's values. Hydra types `model.net` by these configs while it composes, and a checkpoint's
+net is rebuilt through them (settings added later take their defaults)."""
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from hdr.core.settings import fraction, ints, require
 
-ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-# Plain stacks deeper than this do not train; the bound also keeps a checkpoint's or an
-# override's description from costing minutes to build, even on the meta device.
-MAX_DEPTH = 16
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of the 60k training images, in [0, 1]
+ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}  # torch.nn's classes
+MAX_DEPTH = 16  # deeper plain stacks do not train (and a checkpoint's could take minutes)
 
 
 def _sizes(key: str, values: list[int], example: str) -> None:
@@ -67,67 +67,68 @@ class CNNConfig:
         rule = "each conv block halves the image and this many shrink it to nothing"
         require(feature_side(blocks, k, pad) >= 1, "model.net.channels", self.channels, rule)
         require(ints(self.convs, blocks, 1), "model.net.convs", self.convs, f"{per_block}, >= 1")
-        per = self.convs if isinstance(self.convs, list) else [self.convs]
         deep = f"at most {MAX_DEPTH} a block: deeper plain stacks do not train"
-        require(max(per) <= MAX_DEPTH, "model.net.convs", self.convs, deep)
+        require(max(each(self.convs, blocks)) <= MAX_DEPTH, "model.net.convs", self.convs, deep)
         require(self.hidden >= 1, "model.net.hidden", self.hidden, "must be >= 1")
         fraction("model.net.dropout", self.dropout)
 
 
-class MLP(nn.Sequential):
+def mlp(cfg: MLPConfig, num_classes: int) -> "nn.Sequential":
     """784 -> hidden[0] -> ... -> hidden[-1] -> num_classes, one activation throughout."""
+    # torch here, not at the top: composing a config types model.net by the classes above,
+    # and --help or a refused value must not wait 2-3 s for torch.
+    from torch import nn
 
-    def __init__(self, cfg: MLPConfig, num_classes: int = 10) -> None:
-        layers: list[nn.Module] = [nn.Flatten()]
-        widths = [28 * 28, *map(int, cfg.hidden)]
-        for n_in, n_out in pairwise(widths):
-            layers += [nn.Linear(n_in, n_out), ACTIVATIONS[cfg.activation]()]
-            layers += [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
-        super().__init__(*layers, nn.Linear(widths[-1], num_classes))
+    layers: list[nn.Module] = [nn.Flatten()]
+    widths = [28 * 28, *map(int, cfg.hidden)]
+    for n_in, n_out in pairwise(widths):
+        layers += [nn.Linear(n_in, n_out), getattr(nn, ACTIVATIONS[cfg.activation])()]
+        layers += [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
+    return nn.Sequential(*layers, nn.Linear(widths[-1], num_classes))
 
 
-class CNN(nn.Sequential):
+def cnn(cfg: CNNConfig, num_classes: int) -> "nn.Sequential":
     """Conv blocks (conv -> [batch norm] -> ReLU -> 2x2 max-pool), then a small classifier.
     pool_first pools straight after the conv: max-pool commutes with ReLU, so the function
     is nearly the same and norm and ReLU see 4x fewer values (docs/performance.md)."""
+    from torch import nn  # here, not at the top: see mlp
 
-    def __init__(self, cfg: CNNConfig, num_classes: int = 10) -> None:
-        layers: list[nn.Module] = []
-        c_in, convs, norm = 1, cfg.convs, cfg.batch_norm
-        per_block = [int(convs)] * len(cfg.channels) if isinstance(convs, int) else convs
-        geometry = conv_geometry(len(cfg.channels), cfg.kernel_size, cfg.padding)
-        for c, k, p, n in zip(map(int, cfg.channels), *geometry, per_block, strict=True):
-            norm_act = [*([nn.BatchNorm2d(c)] if norm else []), nn.ReLU()]
-            conv = [nn.Conv2d(c_in, c, k, padding=p, bias=not norm)]
-            for _ in range(int(n) - 1):
-                inner = [*([nn.BatchNorm2d(c)] if norm else []), nn.ReLU()]
-                conv += [*inner, nn.Conv2d(c, c, 3, padding=1, bias=not norm)]
-            pool = [nn.MaxPool2d(2)]
-            layers += conv + pool + norm_act if cfg.pool_first else conv + norm_act + pool
-            c_in = c
-        side = feature_side(len(cfg.channels), cfg.kernel_size, cfg.padding)
-        layers += [nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(c_in * side**2, cfg.hidden)]
-        layers += [nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, num_classes)]
-        super().__init__(*layers)
+    def norm_act(c: int) -> list[nn.Module]:
+        return [*([nn.BatchNorm2d(c)] if cfg.batch_norm else []), nn.ReLU()]
 
-
-def conv_geometry(
-    blocks: int, kernel_size: int | Sequence[int], padding: int | Sequence[int] | None
-) -> tuple[list[int], list[int]]:
-    """Each block's kernel size and padding, from one value for all or one per block."""
-    ks = (
-        [int(kernel_size)] * blocks
-        if isinstance(kernel_size, int)
-        else list(map(int, kernel_size))
-    )
-    if padding is None:
-        return ks, [k // 2 for k in ks]
-    return ks, [int(padding)] * blocks if isinstance(padding, int) else list(map(int, padding))
+    layers: list[nn.Module] = []
+    c_in, bias = 1, not cfg.batch_norm
+    for c, k, p, n in blocks(cfg):
+        conv = [nn.Conv2d(c_in, c, k, padding=p, bias=bias)]
+        for _ in range(n - 1):  # more convs: 3x3, same size
+            conv += [*norm_act(c), nn.Conv2d(c, c, 3, padding=1, bias=bias)]
+        pool = [nn.MaxPool2d(2)]
+        layers += conv + pool + norm_act(c) if cfg.pool_first else conv + norm_act(c) + pool
+        c_in = c
+    side = feature_side(len(cfg.channels), cfg.kernel_size, cfg.padding)
+    layers += [nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(c_in * side**2, cfg.hidden)]
+    layers += [nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, num_classes)]
+    return nn.Sequential(*layers)
 
 
-def feature_side(
-    blocks: int, kernel_size: int | Sequence[int], padding: int | Sequence[int] | None
-) -> int:
+def blocks(cfg: CNNConfig) -> list[tuple[int, int, int, int]]:
+    """Each conv block's channels, kernel size, padding and number of convs."""
+    n, geometry = len(cfg.channels), conv_geometry(len(cfg.channels), cfg.kernel_size, cfg.padding)
+    return [*zip(each(cfg.channels, n), *geometry, each(cfg.convs, n), strict=True)]
+
+
+def each(value: Any, n: int) -> list[int]:
+    """n ints, from one for all or a list of one each."""
+    return [int(value)] * n if isinstance(value, int) else [*map(int, value)]
+
+
+def conv_geometry(blocks: int, kernel_size: Any, padding: Any) -> tuple[list[int], list[int]]:
+    """Each block's kernel size and padding (None: k // 2, which keeps the size)."""
+    ks = each(kernel_size, blocks)
+    return ks, [k // 2 for k in ks] if padding is None else each(padding, blocks)
+
+
+def feature_side(blocks: int, kernel_size: Any, padding: Any) -> int:
     """The side of the last block's feature maps (0 when a block shrinks them to nothing)."""
     side = 28
     for k, p in zip(*conv_geometry(blocks, kernel_size, padding), strict=True):
@@ -135,7 +136,7 @@ def feature_side(
     return side
 
 
-NETS = {"mlp": (MLPConfig, MLP), "cnn": (CNNConfig, CNN)}  # a new net: its config, its class
+NETS = {"mlp": (MLPConfig, mlp), "cnn": (CNNConfig, cnn)}  # a new net: its config, its build
 
 
 def net_config(name: str, **kwargs: Any) -> MLPConfig | CNNConfig:
@@ -150,11 +151,32 @@ def describe(net: dict[str, Any]) -> dict[str, Any]:
     return asdict(net_config(**net))
 
 
-def build_net(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
-    return NETS[name][1](net_config(name, **kwargs), num_classes=num_classes)
+def build_net(cfg: MLPConfig | CNNConfig, num_classes: int = 10) -> "nn.Sequential":
+    """The net `cfg` describes (net_config(**settings) makes `cfg` from a checkpoint's)."""
+    return NETS[cfg.name][1](cfg, num_classes)
 
 
-def count_params(name: str, **kwargs: Any) -> int:
-    """The parameters `build_net` would make, counted on the meta device (no memory)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_net(name, **kwargs).parameters())
+def count_params(cfg: MLPConfig | CNNConfig, num_classes: int = 10) -> int:
+    """The parameters build_net(cfg) makes, counted without building it (no torch)."""
+    if isinstance(cfg, MLPConfig):
+        return sum((a + 1) * b for a, b in pairwise([28 * 28, *cfg.hidden, num_classes]))
+    total, c_in, per_channel = 0, 1, 2 if cfg.batch_norm else 1  # norm's 2, or the conv's bias
+    for c, k, _, n in blocks(cfg):
+        total += c_in * c * k * k + (n - 1) * c * c * 9 + n * per_channel * c
+        c_in = c
+    side = feature_side(len(cfg.channels), cfg.kernel_size, cfg.padding)
+    return total + (c_in * side**2 + 1) * cfg.hidden + (cfg.hidden + 1) * num_classes
+
+
+def read_pixels(
+    net: "nn.Module", x: "torch.Tensor", standardize: bool, channels_last: bool
+) -> "torch.Tensor":
+    """What a model feeds `net` for x, [N, 1, 28, 28] float pixels in [0, 1], white digit on
+    black as MNIST: in the net's precision, standardised and laid out as its settings say.
+    In the model, not the data, so the rule is in the checkpoint: its users feed plain pixels."""
+    import torch
+
+    x = x.to(next(net.parameters()).dtype)
+    if standardize:
+        x = (x - MNIST_MEAN) / MNIST_STD
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,14 +1,37 @@
 """The model's and the data's settings, their defaults and allowed values, and how a value is
-refused: ConfigError, naming the key, the value and the rule. Plain dataclasses (no Lightning),
-so that Hydra types `model` and `data` by them while it composes (hdr.runs.config)."""
+refused: ConfigError, naming the key, the value and the rule. Plain dataclasses (no torch),
+so that Hydra types `model` and `data` by them while it composes (hdr.runs.config); and
+MNIST's raw files (RAW), which the config's data_dir rule looks for (has_mnist)."""
 
 import math
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from hdr.utils import UserError
 
-class ConfigError(ValueError):
+# The four decompressed IDX files: SHA-256 as published (torchvision checks only the .gz
+# md5s), and size (the IDX header, then a byte per pixel or label).
+RAW = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+SIZES = dict(zip(RAW, (16 + 60_000 * 784, 8 + 60_000, 16 + 10_000 * 784, 8 + 10_000), strict=True))
+
+
+def raw_dir(root: str | Path) -> Path:
+    return Path(root).expanduser().resolve() / "MNIST" / "raw"
+
+
+def has_mnist(root: str | Path) -> bool:
+    """Whether `root` holds MNIST's four raw files (checked for damage only when read)."""
+    return all((raw_dir(root) / name).is_file() for name in RAW)
+
+
+class ConfigError(UserError, ValueError):
     """A config value is not allowed; the message names the key, the value and the rule."""
 
 
