@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/sweep_launchers.py [--epochs 3]
 
 Runs `python -m hdr.train hparams_search=lr trainer.max_epochs=N` (6 runs of the seed MLP)
-twice, one launcher after the other, each writing into a temporary folder so outputs/ and
-outputs/best.json stay untouched. The default launcher runs the jobs one after another with
+twice, one launcher after the other, each writing into a temporary folder so outputs/ stays
+untouched. The default launcher runs the jobs one after another with
 every core each; joblib runs 2 at once with cores / 2 torch threads each (torch_threads=auto).
 """
 

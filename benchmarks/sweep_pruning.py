@@ -7,7 +7,7 @@ Sweeps model.lr (6 values) x model.net.activation (3) = 18 runs of the student's
 sweep.prune=none, then with --prune. Prints the machine, then for each: the epochs trained,
 the wall time and the best run found; then the ratios, and an estimate for the student's
 full 7,560-run grid on this machine and on N Ray workers. Everything is written to a
-temporary folder (or --out): outputs/ and its best.json stay untouched.
+temporary folder (or --out): outputs/ stays untouched.
 """
 
 import argparse

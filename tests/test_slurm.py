@@ -18,7 +18,7 @@ import pytest
 from tests.helpers import DATA_DIR, ROOT
 from tests.slurm import cluster, unavailable
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]  # one worker: see test_app
 # The README's command, with 1 CPU a run so that 2 run at once on a 2-core node
 LAUNCHER = [
     "hydra/launcher=slurm",

@@ -21,10 +21,10 @@ import torch
 
 from hdr.core.module import DigitClassifier
 from hdr.runs.config import compose
-from hdr.runs.records import gpu_lease, read_best, record_best
+from hdr.runs.records import NO_RESULT, gpu_lease, ranked, scan
 from hdr.runs.sweep import SweepCallback, write_leaderboard
-from tests.helpers import CONF, DATA_DIR, ROOT, free_port, run_cli
-from tests.test_hostile import QUICK, one_line
+from tests.helpers import CONF, DATA_DIR, ROOT, free_port
+from tests.test_hostile import QUICK, cli_error
 
 # _student.yaml is what the student's studies share, not a study of its own
 STUDIES = sorted(p.stem for p in (CONF / "hparams_search").glob("[!_]*.yaml"))
@@ -108,8 +108,8 @@ def test_joblib_sweep_ranks_by_val_acc_and_survives_a_diverging_run(joblib_sweep
     assert "diverged" in rows[2]["error"] and "1e+30" in rows[2]["overrides"]
     accs = [float(r["val_acc"]) for r in rows[:2]]
     assert accs == sorted(accs, reverse=True) and accs[0] > 0.5
-    # The best record points at the top run's checkpoint, which loads and predicts.
-    best = json.loads((log_dir / "best.json").read_text())
+    # The best run found by a scan is the top run, whose checkpoint loads and predicts.
+    best = ranked(scan(log_dir))[0]
     assert best["checkpoint"] == rows[0]["checkpoint"] and best["val_acc"] == accs[0]
     model = DigitClassifier.load_from_checkpoint(best["checkpoint"], map_location="cpu").eval()
     test = mnist.splits["test"]
@@ -201,6 +201,7 @@ def test_tensorboards_server_serves_every_runs_curves_images_and_hparams(joblib_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # Ray, SLURM and the browser: one worker runs them in turn
 def test_a_sweep_runs_on_a_real_two_node_ray_cluster(tmp_path):
     """Head and worker started as the README says, on loopback, with token auth; neither
     node knows HDR_DATA_DIR: the runs learn the folders from the launching machine."""
@@ -256,7 +257,8 @@ def test_rebuilding_the_leaderboard_by_hand_names_a_bad_folder(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_sweep_keeps_its_study_in_the_sweep_folder_and_resumes_to_n_trials(tmp_path):
-    args = ("hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'study'}")
+    small = ("sweep.space.hidden='[64],[128]'", "test=false")  # the study, not the nets, is tested
+    args = ("hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'study'}", *small)
     rows, log, folder = sweep(tmp_path, *args, study="optuna")
     assert "Study name: hdr_mlp" in log and "Best value:" in log
     assert (folder / "optuna.db").exists()
@@ -264,7 +266,7 @@ def test_optuna_sweep_keeps_its_study_in_the_sweep_folder_and_resumes_to_n_trial
     ok = [float(r["val_acc"]) for r in rows if r["status"] == "ok"]
     assert ok == sorted(ok, reverse=True)
     # The same command goes on to 3 trials in all: one more, not three.
-    rows, log, _ = sweep(tmp_path, "hydra.sweeper.n_trials=3", args[1], study="optuna")
+    rows, log, _ = sweep(tmp_path, "hydra.sweeper.n_trials=3", *args[1:], study="optuna")
     import optuna
 
     study = optuna.load_study(study_name="hdr_mlp", storage=f"sqlite:///{folder}/optuna.db")
@@ -300,7 +302,6 @@ def test_a_sweep_killed_part_way_goes_on_where_it_stopped(tmp_path):
         "+trainer.enable_progress_bar=false",
     ]
     env = {**os.environ, "HDR_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
-    (tmp_path / "best.json").mkdir()  # a folder for a record must not stop the sweep either
     first = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -340,11 +341,6 @@ def test_a_sweep_killed_part_way_goes_on_where_it_stopped(tmp_path):
     resumed = json.loads((third / "result.json").read_text())
     assert resumed["epochs"] == 3
     assert torch.load(third / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
-    # A folder where the record belongs is warned about, never moved or written into.
-    assert (
-        "best.json is a folder: set paths.best_record" in log and (tmp_path / "best.json").is_dir()
-    )
-    assert not list(tmp_path.glob("best.json.bad-*"))
 
 
 @pytest.mark.slow
@@ -365,8 +361,8 @@ def test_hopeless_runs_are_pruned_listed_never_best_and_not_retrained(tmp_path):
     assert all(r["val_acc"] for r in rows)  # pruned runs keep their best so far
     assert (folder / "pruning.db").exists()
     assert "2 pruned, 0 failed" in log
-    best = read_best(tmp_path / "best.json")
-    assert "1e-0" not in best["overrides"]
+    best = ranked(scan(folder))[0]
+    assert "1e-0" not in " ".join(best["overrides"])
     results = {p: p.read_bytes() for p in folder.glob("*/result.json")}
     rows, log, _ = sweep(tmp_path, *args)  # the same command again: nothing to train
     assert log.count("Finished before") == 4 and "Resuming" not in log
@@ -412,70 +408,72 @@ def test_four_runs_at_once_share_one_pruning_study_on_a_loaded_cpu(tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "damage, set_aside",
-    [
-        (lambda p: p.write_text("{not json"), True),
-        (lambda p: p.write_text(""), True),
-        (lambda p: p.write_text('{"checkpoint": "x.ckpt", "val_acc": 2.5}'), True),
-        # Intact but read-only, naming a checkpoint that is gone: replaced in place.
-        (
-            lambda p: (
-                p.write_text('{"checkpoint": "gone.ckpt", "val_acc": 0.99}'),
-                p.chmod(0o444),
-            ),
-            False,
-        ),
-    ],
-    ids=["invalid", "empty", "out-of-range", "read-only"],
-)
-def test_a_damaged_best_record_is_set_aside_and_replaced(
-    tmp_path, damage, set_aside, caplog, trained_checkpoint
-):
-    record = tmp_path / "best.json"
-    damage(record)
-    (tmp_path / "run").mkdir()
-    ckpt = tmp_path / "run" / "x.ckpt"
-    ckpt.write_bytes(trained_checkpoint.read_bytes())
-    row = {
-        "status": "ok",
-        "checkpoint": str(ckpt),
-        "val_acc": 0.9,
-        "test_acc": 0.89,
-        "overrides": "model.lr=0.01",
-        "dir": str(ckpt.parent),
-    }
-    entry = record_best([row], record)
-    assert entry["val_acc"] == 0.9 and read_best(record) == entry
-    aside = list(tmp_path.glob("best.json.bad-*"))
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(aside) == len(warnings) == int(set_aside)
-    if set_aside:  # one line: which file, what is wrong, where it went
-        assert str(record) in warnings[0] and "damaged" in warnings[0]
-        assert aside[0].name in warnings[0]
+def test_one_scan_names_and_skips_every_record_it_cannot_trust_and_ranks_the_rest(tmp_path):
+    """What the app, the leaderboard, best_of and the SLURM launcher read: runs at any depth,
+    nothing raised for a bad record, and only trusted runs ranked, surest first."""
+
+    def run(name: str, result: dict | str | None, ckpt: str = "checkpoints/epoch_001.ckpt"):
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- experiment={name}\n")
+        (folder / "checkpoints").mkdir()
+        for saved in ("last.ckpt", "epoch_001.ckpt"):
+            (folder / "checkpoints" / saved).write_bytes(b"x")
+        if isinstance(result, dict):
+            result = json.dumps({"status": "ok", "checkpoint": ckpt, **result})
+        if result is not None:
+            (folder / "result.json").write_text(result)
+
+    run("sure", {"val_acc": 4949 / 5000, "val_images": 5000})
+    run("lucky", {"val_acc": 1.0, "val_images": 100})  # 100 of 100: less sure than 4,949
+    run("sweep/multiruns/x/0_old", {"val_acc": 0.995})  # no count kept: its val_acc
+    run("invalid", "{not json")
+    run("empty", "")
+    run("list", "[1, 2]")
+    run("folder", None)
+    (tmp_path / "folder" / "result.json").mkdir()
+    run("training", None)  # or killed: no result yet
+    run("deleted", {"val_acc": 0.99}, ckpt="checkpoints/epoch_009.ckpt")
+    run("forged", {"val_acc": 0.999}, ckpt=str(tmp_path / "sure" / "checkpoints" / "last.ckpt"))
+    run("out_of_range", {"val_acc": 2.5})
+    run("overrides", {"val_acc": 0.99, "overrides": [1, None]})
+    run("failed", {"status": "failed", "error": "diverged"})
+    run(".cache/hidden", {"val_acc": 1.0})  # a dot-folder: not looked into
+    run("sure/inner", {"val_acc": 1.0})  # inside a run's folder: not looked into
+    (tmp_path / "loop").symlink_to(tmp_path)  # a link to a folder is not followed
+    rows = {Path(r["dir"]).relative_to(tmp_path).as_posix(): r for r in scan(tmp_path)}
+    untrusted = {name: row["untrusted"] for name, row in rows.items()}
+    assert list(untrusted) == sorted(untrusted) and len(untrusted) == 13
+    for name in ("invalid", "empty", "list", "folder"):
+        assert untrusted[name].startswith("damaged result.json"), untrusted[name]
+        assert rows[name]["status"] == "failed" and rows[name]["overrides"] == [
+            f"experiment={name}"
+        ]
+    assert untrusted["training"] == NO_RESULT == rows["training"]["status"]
+    assert untrusted["deleted"].endswith("epoch_009.ckpt is gone")
+    assert "not inside its run folder" in untrusted["forged"]
+    assert (
+        untrusted["out_of_range"] == untrusted["failed"] == "not finished with a val_acc in [0, 1]"
+    )
+    assert untrusted["overrides"] == "its result.json's overrides are damaged"
+    best = ranked(list(rows.values()))
+    assert [Path(r["dir"]).name for r in best] == ["0_old", "sure", "lucky"]
+    assert best[1]["checkpoint"] == str(tmp_path / "sure" / "checkpoints" / "epoch_001.ckpt")
 
 
-def test_a_folder_named_as_the_best_record_is_never_moved(tmp_path, caplog, trained_checkpoint):
-    folder = tmp_path / "logs"
-    (folder / "run").mkdir(parents=True)
-    ckpt = folder / "run" / "x.ckpt"
-    ckpt.write_bytes(trained_checkpoint.read_bytes())
-    row = {"status": "ok", "checkpoint": str(ckpt), "val_acc": 0.9, "dir": str(ckpt.parent)}
-    assert record_best([row], folder) is None
-    assert ckpt.is_file() and not list(tmp_path.glob("logs.bad-*"))
-    assert "is a folder: set paths.best_record to a file" in caplog.text
+def test_best_of_gives_the_best_checkpoint_of_a_recipe_or_says_what_to_train(tmp_path):
+    from hdr.core.settings import ConfigError
+    from hdr.runs.config import best_of
 
-
-@pytest.mark.slow
-def test_a_finished_run_with_a_damaged_record_exits_0_and_repairs_it(tmp_path):
-    (tmp_path / "best.json").write_text("{not json")
-    args = [*TINY, "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
-    run = run_cli(args, tmp_path, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "Traceback" not in run.stderr
-    warnings = [line for line in run.stdout.splitlines() if "best.json.bad-" in line]
-    assert len(warnings) == 1 and "is damaged" in warnings[0]
-    assert read_best(tmp_path / "best.json")["checkpoint"].endswith(".ckpt")
+    for name, recipe, val_acc in (("a", "seed", 0.9), ("b", "student", 0.95), ("c", "app", 0.99)):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / name / "checkpoints" / "best.ckpt").write_bytes(b"x")
+        result = {"status": "ok", "val_acc": val_acc, "checkpoint": "checkpoints/best.ckpt"}
+        result["overrides"] = [f"experiment={recipe}"]  # seed is the student's recipe too
+        (tmp_path / name / "result.json").write_text(json.dumps(result))
+    assert best_of("student", str(tmp_path)) == str(tmp_path / "b" / "checkpoints" / "best.ckpt")
+    with pytest.raises(ConfigError, match=f"No finished experiment=cnn run under {tmp_path}"):
+        best_of("cnn", str(tmp_path))
 
 
 def test_leaderboard_md_keeps_one_line_per_run_whatever_the_error(tmp_path):
@@ -648,7 +646,7 @@ def test_a_ddp_sweep_trains_each_run_once_and_resumes_after_kill_9(tmp_path):
     rows = list(csv.DictReader((sweep_dir / "leaderboard.csv").open()))
     assert [(r["status"], r["epochs"]) for r in rows] == [("ok", "2"), ("ok", "2")], rows
     assert log.count("Best validation accuracy") == 1  # run 1's, by rank 0 alone
-    assert sorted(p.name for p in tmp_path.glob("[!.]*")) == ["best.json", "sweep"]  # no stray
+    assert sorted(p.name for p in tmp_path.glob("[!.]*")) == ["sweep"]  # no stray folder
 
 
 def test_one_run_per_gpu_each_run_holds_its_own_gpu_until_it_ends(tmp_path, monkeypatch):
@@ -674,11 +672,13 @@ def test_one_run_per_gpu_each_run_holds_its_own_gpu_until_it_ends(tmp_path, monk
         assert index == 0
 
 
-def test_one_run_per_gpu_on_a_machine_without_one_is_one_line(tmp_path):
+def test_one_run_per_gpu_on_a_machine_without_one_is_one_line(monkeypatch, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    run = run_cli(["-m", "hydra/launcher=gpus", "model.lr=0.01"], tmp_path, timeout=120)
-    assert "hydra/launcher=gpus runs one run per GPU, and torch sees no CUDA GPU" in one_line(run)
+    line = cli_error(
+        monkeypatch, "-m", "hydra/launcher=gpus", "model.lr=0.01", f"paths.log_dir={tmp_path}"
+    )
+    assert "hydra/launcher=gpus runs one run per GPU, and torch sees no CUDA GPU" in line
     assert not any(tmp_path.rglob("result.json"))
 
 
@@ -697,25 +697,20 @@ def test_one_run_per_gpu_on_a_machine_without_one_is_one_line(tmp_path):
     ids=["empty", "no-trials", "up", "absolute"],
 )
 def test_an_empty_sweep_or_runs_outside_its_folder_are_refused_before_any_run(
-    tmp_path, overrides, words
+    monkeypatch, tmp_path, overrides, words
 ):
     study = "hparams_search=optuna" if "n_trials" in overrides[0] else "hparams_search=lr"
     overrides = [o.format(tmp=tmp_path) for o in overrides]
-    run = run_cli([study, *QUICK, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
-    assert words.format(tmp=tmp_path) in one_line(run)
+    sweep = [study, *QUICK, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    line = cli_error(monkeypatch, *sweep, f"paths.log_dir={tmp_path}")
+    assert words.format(tmp=tmp_path) in line
     assert not (tmp_path / "out").exists() and not (tmp_path / "sweep").exists()
 
 
-def test_a_ray_head_that_does_not_answer_is_told_in_seconds(tmp_path):
-    address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    args = [
-        "hparams_search=lr",
-        *QUICK,
-        "hydra/launcher=ray",
-        f"hydra.launcher.ray.init.address={address}",
-    ]
-    run = run_cli(args, tmp_path, timeout=100)  # Ray itself waits over 150 s
-    line = one_line(run)
+def test_a_ray_head_that_does_not_answer_is_told_in_seconds(monkeypatch, tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there: Ray itself waits over 150 s
+    ray = ["hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}"]
+    line = cli_error(monkeypatch, "hparams_search=lr", *QUICK, *ray, f"paths.log_dir={tmp_path}")
     assert f"hydra.launcher.ray.init.address={address}" in line and "ray start --head" in line
 
 
@@ -745,7 +740,7 @@ def test_a_resumed_optuna_study_fails_its_killed_trial_and_samples_anew(tmp_path
     first = killed.ask(space)
     killed.tell(first, 0.9)
     killed.ask(space)  # trial 1: its process was killed
-    SweepCallback(str(tmp_path / "best.json")).on_multirun_start(cfg)
+    SweepCallback().on_multirun_start(cfg)
     trials = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
     assert sweeper.n_trials == 1  # 3 in all

@@ -7,6 +7,7 @@ leaderboard, and the sweep goes on. Hydra finds it through src/hydra_plugins/.""
 
 import logging
 import math
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -24,7 +24,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import OmegaConf, open_dict
 from submitit.core.utils import pickle_load
 
-from hdr.runs.records import FINISHED, RunDir, finished_run, read_result, write_result
+from hdr.runs.records import FINISHED, read_result, same_run, scan, write_result
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +143,16 @@ class SlurmLauncher(Submitit):
         exclude = self.config.hydra.job.config.override_dirname.exclude_keys or []
         returns: dict[int, JobReturn] = {}
         todo = []  # (position, job number, overrides, run folder)
+        runs = {run["dir"]: run for run in scan(sweep_dir)}  # every record, read once
         for pos, overrides in enumerate(job_overrides):
             num, overrides = initial_job_idx + pos, list(overrides)
             run_dir = sweep_dir / self._subdir(overrides, num)
-            done = finished_run(run_dir, overrides, exclude)
-            if done is None:
-                todo.append((pos, num, overrides, run_dir))
-            else:
-                log.info("\t#%d finished before (%s): not submitted", num, done.get("status"))
+            done = runs.get(os.path.abspath(run_dir), {"status": None})
+            if done["status"] in FINISHED and same_run(done["overrides"], overrides, exclude):
+                log.info("\t#%d finished before (%s): not submitted", num, done["status"])
                 returns[pos] = _return(overrides, run_dir, done.get("val_acc"))
+            else:
+                todo.append((pos, num, overrides, run_dir))
         for start in range(0, len(todo), limit):
             chunk = todo[start : start + limit]
             for _, num, overrides, _ in chunk:
@@ -186,14 +187,9 @@ class SlurmLauncher(Submitit):
                     )
                     continue
                 result = read_result(run_dir) or {}
-                if (
-                    why
-                    and result.get("status") == "failed"
-                    and not str(result.get("error")).startswith(why)
-                ):
-                    error = (
-                        f"{why} (job {job.job_id}): {result.get('error')}"  # SLURM's account first
-                    )
+                error = str(result.get("error"))
+                if why and result.get("status") == "failed" and not error.startswith(why):
+                    error = f"{why} (job {job.job_id}): {error}"  # SLURM's account first
                     write_result(run_dir, **{**result, "error": error})
                 returns[pos] = outcome
         return [returns[pos] for pos in range(len(job_overrides))]
@@ -265,13 +261,8 @@ class SlurmLauncher(Submitit):
                     outcomes[job.job_id] = (None, ENDED.get(state, why))
             if time.monotonic() - said > 60:
                 running = sum(now.get(j.job_id, ("",))[0] == "RUNNING" for j in jobs)
-                log.info(
-                    "SLURM array %s: %d of %d ended, %d running.",
-                    array_id,
-                    len(outcomes),
-                    len(jobs),
-                    running,
-                )
+                counts = (len(outcomes), len(jobs), running)
+                log.info("SLURM array %s: %d of %d ended, %d running.", array_id, *counts)
                 said = time.monotonic()
             if len(outcomes) < len(jobs):
                 time.sleep(POLL_S)
@@ -279,8 +270,9 @@ class SlurmLauncher(Submitit):
 
 
 def _failed(overrides: list[str], run_dir: Path, job: Any, why: str) -> JobReturn:
-    """A run whose job SLURM ended: recorded failed (unless it finished first), so that the
-    leaderboard lists it and the same command resumes it from its last.ckpt."""
+    """A run whose job SLURM ended: recorded failed (unless it finished first), with its
+    overrides (a job cancelled before it started has no .hydra/), so that the leaderboard
+    lists it and the same command resumes it from its last.ckpt."""
     result = read_result(run_dir) or {}
     if result.get("status") not in FINISHED:
         try:  # the last line the job wrote to its stderr: what killed it
@@ -290,10 +282,6 @@ def _failed(overrides: list[str], run_dir: Path, job: Any, why: str) -> JobRetur
         except OSError:
             pass
         log.error("Run %s failed, the sweep goes on: %s (job %s).", run_dir.name, why, job.job_id)
-        listed = RunDir(run_dir).overrides  # a job cancelled before it started has none
-        if not listed.exists():
-            listed.parent.mkdir(parents=True, exist_ok=True)
-            listed.write_text(yaml.safe_dump(list(overrides)))
         if not result.get("error"):  # the run's own account (a signal it caught) is better
             error = f"{why} (job {job.job_id})"
             write_result(
@@ -305,12 +293,9 @@ def _failed(overrides: list[str], run_dir: Path, job: Any, why: str) -> JobRetur
 def _return(overrides: Sequence[str], run_dir: Path, value: Any) -> JobReturn:
     """What a sweeper reads of a run that did not run here: its value, NaN for none."""
     value = value if isinstance(value, float) else math.nan
-    return JobReturn(
-        overrides=list(overrides),
-        working_dir=str(run_dir),
-        status=JobStatus.COMPLETED,
-        _return_value=value,
-    )
+    done = JobReturn(overrides=list(overrides), working_dir=str(run_dir), _return_value=value)
+    done.status = JobStatus.COMPLETED
+    return done
 
 
 def _unpickle(path: Path) -> JobReturn | None:

@@ -1,10 +1,8 @@
-"""Stopping a sweep's hopeless runs early with Optuna's pruners.
-
-Every run of a sweep reports its validation accuracy after each epoch to one Optuna study in
-the sweep folder (SQLite), whichever launcher started it; the pruner compares it with the
-other runs at the same epoch. hydra-optuna-sweeper cannot prune (its jobs never see their
-trial), and Optuna 2.10's PyTorchLightningPruningCallback is a `pytorch_lightning` callback,
-which a `lightning` Trainer refuses: hence this one."""
+"""Stopping a sweep's hopeless runs early with Optuna's pruners: every run reports its
+validation accuracy each epoch to one study in the sweep folder (hdr.runs.sweep.study_url),
+whichever launcher started it. hydra-optuna-sweeper cannot prune (its jobs never see their
+trial), and Optuna's PyTorchLightningPruningCallback is a `pytorch_lightning` callback, which
+a `lightning` Trainer refuses: hence this one."""
 
 import logging
 import math
@@ -15,26 +13,11 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from hdr.runs.sweep import open_study, study_url
+
 log = logging.getLogger(__name__)
 
-STUDY = "pruning"
 TRIES = 5  # a busy study is tried this often, with a growing pause, before pruning is off
-
-
-def study_url(sweep_dir: str, storage: str | None = None) -> str:
-    """Where a sweep's pruning study lives: `storage`, else SQLite in the sweep folder."""
-    return storage or f"sqlite:///{sweep_dir}/{STUDY}.db"
-
-
-def open_study(url: str, pruner: Any = None) -> Any:
-    """The sweep's study, made if new. SQLite allows one writer: wait for its lock."""
-    import optuna  # 1.6 s to import: only sweeps that prune pay for it
-
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    return optuna.create_study(
-        storage=storage, study_name=STUDY, pruner=pruner, direction="maximize", load_if_exists=True
-    )
 
 
 class Pruning(L.Callback):
@@ -107,23 +90,16 @@ class Pruning(L.Callback):
 
         if self._guard("report to the study", report):
             self.pruned_at, trainer.should_stop = epoch, True
-            log.info(
-                "Pruned after epoch %d: %s %.4f is losing to the sweep's other runs.",
-                epoch,
-                self.monitor,
-                value,
-            )
+            said = (epoch, self.monitor, value)
+            log.info("Pruned after epoch %d: %s %.4f is losing to the sweep's other runs.", *said)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trial = self.trial
-        if trial is None:
+        if (trial := self.trial) is None:
             return
-        import optuna  # as in open_study
+        import optuna  # as in open_study: only sweeps that prune get here
 
         if self.pruned_at is not None:
-            self._guard(
-                "close the trial",
-                lambda: self.study.tell(trial, state=optuna.trial.TrialState.PRUNED),
-            )
+            pruned = optuna.trial.TrialState.PRUNED
+            self._guard("close the trial", lambda: self.study.tell(trial, state=pruned))
         elif math.isfinite(self.best):
             self._guard("close the trial", lambda: self.study.tell(trial, self.best))

@@ -1,9 +1,12 @@
-"""A run's folder and its records: the folder's layout (RunDir), the claim on it, result.json,
-what a run finds when it comes back to its folder, and best.json, the best model so far.
+"""A run's folder and its one record, result.json. The folder's layout is RunDir's (the
+tree is there); how a folder is resumed is `claim` and `resume_point`: a run holds its
+folder (a flock the kernel lets go of, kill -9 too), then reads its result.json: a sweep
+skips a finished run, a killed or failed one goes on from checkpoints/last.ckpt, else it
+starts afresh. `scan` reads every run under a folder once: the leaderboard, the app's
+models, the `best_of` resolver and the SLURM launcher's skip are its answers.
 
-Every record is written to a temporary file and renamed into place, so a kill never leaves
-half a record. A damaged record is named, never costing a finished run: a damaged result.json
-makes its run resume, a damaged best.json is set aside and rewritten."""
+Records are written to a temporary file and renamed (hdr.utils.write_atomic): a kill never
+leaves half of one. A damaged one is named, never costing a finished run: its run resumes."""
 
 import fcntl
 import itertools
@@ -24,13 +27,14 @@ from typing import Any
 import yaml
 from hydra.core.hydra_config import HydraConfig
 
-from hdr.utils import write_atomic
+from hdr.utils import UserError, write_atomic
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("ok", "pruned", "smoke")  # a sweep that comes back to such a run skips it
 NO_CHECKPOINT = "it saved no checkpoint (callbacks=none)"  # ranked in its sweep, never served
-# The headline figures: the metric, its key in result.json and best.json, and its words.
+NO_RESULT = "no result (still training, or killed)"  # a run folder without result.json
+# The headline figures: the metric, its key in result.json, and its words.
 HEADLINE = (
     ("val/acc_best", "val_acc", "Best validation accuracy"),
     ("test/acc", "test_acc", "Test accuracy"),
@@ -41,36 +45,45 @@ HEADLINE = (
 
 @dataclass(frozen=True)
 class RunDir:
-    """A run's folder and what it holds, named here only: the YAML reads the parts through
-    the `hdr.run` resolver, e.g. ${hdr.run:${paths.output_dir},checkpoints}."""
+    """A run's folder, the one description of its layout. It is hydra.run.dir, or for a
+    sweep's run hydra.sweep.dir/hydra.sweep.subdir, under paths.log_dir (outputs/): see
+    conf/hydra/default.yaml. The YAML names its parts as ${paths.output_dir}/checkpoints.
+
+        .hydra/overrides.yaml       what makes it this run (Hydra writes it)
+        .claim                      flock-held while a process trains in it (claim)
+        result.json                 how it ended (write_result); none while it trains
+        checkpoints/epoch_NNN.ckpt  its best epoch by val/acc: what the app serves
+        checkpoints/last.ckpt       rewritten every epoch: where a resume goes on
+        tensorboard/                its curves, pictures and hparams
+        confusion_matrix.png, mistakes.png   (hdr.runs.report)
+
+    A sweep's folder holds one such folder per run, and leaderboard.csv/.md (hdr.runs.sweep)."""
 
     path: Path
-    last_stem: str = "last"  # checkpoints/last.ckpt: rewritten every epoch, the resume point
     confusion_png: str = "confusion_matrix.png"
     mistakes_png: str = "mistakes.png"
 
     checkpoints = property(lambda self: self.path / "checkpoints")
-    last = property(lambda self: self.checkpoints / f"{self.last_stem}.ckpt")
+    last = property(lambda self: self.checkpoints / "last.ckpt")
     tensorboard = property(lambda self: self.path / "tensorboard")
     result = property(lambda self: self.path / "result.json")
-    claim = property(lambda self: self.path / ".claim")  # flock-held while a process trains
-    overrides = property(lambda self: self.path / ".hydra" / "overrides.yaml")  # Hydra's
+    claim = property(lambda self: self.path / ".claim")
+    overrides = property(lambda self: self.path / ".hydra" / "overrides.yaml")
 
     @classmethod
     def of_checkpoint(cls, checkpoint: str | Path) -> "RunDir":
         return cls(Path(checkpoint).parent.parent)
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record is damaged or a folder is not this run's; the message says what to do."""
 
 
 @contextmanager
 def claim(run_dir: str | Path, wait: bool = False) -> Iterator[str | None]:
-    """Hold `run_dir` while this process trains in it: an exclusive flock, which the kernel
-    lets go of however the process ends (kill -9 too). Yields None once claimed; if another
-    process holds it, who that is, or with `wait` waits for it (a sweep run again while the
-    first one's jobs still train: each run waits for its twin, then skips or resumes it)."""
+    """Hold `run_dir` while this process trains in it (a flock: let go of however the process
+    ends). Yields None once held; if another process holds it, who, or with `wait` (a sweep run
+    again while its first command's jobs train) waits for it, then skips or resumes the run."""
     path = RunDir(Path(run_dir)).claim
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -91,8 +104,8 @@ def claim(run_dir: str | Path, wait: bool = False) -> Iterator[str | None]:
             log.warning("%s is in use by another run (%s): waiting for it.", path.parent, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
-        since = time.strftime("%H:%M:%S")
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {since}".encode(), 0)
+        who = f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%H:%M:%S')}"
+        os.pwrite(fd, who.encode(), 0)
         yield None
     finally:
         os.close(fd)
@@ -100,10 +113,9 @@ def claim(run_dir: str | Path, wait: bool = False) -> Iterator[str | None]:
 
 @contextmanager
 def gpu_lease(count: int, folder: Path | None = None) -> Iterator[int]:
-    """The index of one of the node's `count` GPUs that no other run holds, held while this
-    run trains (hydra/launcher=gpus: one run per GPU); waits for one if all are held. A
-    flock, as `claim`'s, on a file named as CUDA_VISIBLE_DEVICES names the GPU: jobs that
-    see different GPUs (SLURM's) never wait for each other."""
+    """The index of one of `count` GPUs no other run holds, held while this run trains
+    (hydra/launcher=gpus), waiting for one if all are. A flock on a file named as
+    CUDA_VISIBLE_DEVICES names it: jobs seeing different GPUs (SLURM's) never wait."""
     folder = folder or Path(tempfile.gettempdir()) / f"hdr-gpus-{os.getuid()}"
     folder.mkdir(parents=True, exist_ok=True)
     names = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, range(count)))
@@ -131,33 +143,21 @@ def task_overrides() -> list[str]:
 
 
 def rank_zero() -> bool:
-    """False in DDP's other processes, which join rank 0's run in its folder: by Lightning's
-    own rule (RANK, LOCAL_RANK, else SLURM_PROCID: a SLURM task of a run of several), and on
-    a node other than the first (NODE_RANK)."""
+    """False in DDP's other processes, which join rank 0's run: Lightning's rule (RANK,
+    LOCAL_RANK, else SLURM_PROCID), and on a node other than the first (NODE_RANK)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def same_run(a: list[str], b: list[str], exclude: list[str]) -> bool:
-    """Whether two override lists make the same run, the keys that change no result aside
-    (`exclude`: those left out of run folders' names, override_dirname.exclude_keys)."""
+def same_run(a: Any, b: list[str], exclude: list[str]) -> bool:
+    """Whether overrides `a` (as recorded: a list, if not damaged) make the same run as `b`,
+    the keys that change no result aside (`exclude`: override_dirname.exclude_keys)."""
 
-    def identity(overrides: list[str]) -> list[str]:
-        return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in exclude]
+    def kept(overrides: list) -> list:
+        return [o for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in exclude]
 
-    return identity(a) == identity(b)
-
-
-def finished_run(run_dir: str | Path, overrides: list[str], exclude: list[str]) -> dict | None:
-    """The record of `run_dir` if it holds this run, finished (ok or pruned), else None."""
-    result = read_result(run_dir)
-    if result is None or result.get("status") not in FINISHED:
-        return None
-    recorded = result.get("overrides")
-    return (
-        result if isinstance(recorded, list) and same_run(recorded, overrides, exclude) else None
-    )
+    return isinstance(a, list) and kept(a) == kept(b)
 
 
 def resume_point(out: Path, sweeping: bool) -> tuple[str, Any]:
@@ -173,14 +173,14 @@ def resume_point(out: Path, sweeping: bool) -> tuple[str, Any]:
             f"{out} holds another run ({' '.join(map(str, overrides))}): give this one a "
             "new folder (hydra.run.dir / hydra.sweep.dir)."
         )
-    if result is not None and result.get("status") in FINISHED:
+    if result and result["status"] in FINISHED:
         if sweeping:
             return "skip", result
         raise RecordError(
             f"{out} already holds a run that ended ({result.get('status')}): leave "
             f"hydra.run.dir out for a new folder, or resume from {run.last} with ckpt_path=..."
         )
-    if result is not None and result.get("damaged"):
+    if result and result.get("damaged"):
         log.warning("%s: %s. Resuming the run instead.", out, result["error"])
     if run.last.exists():  # killed or failed part-way: go on from its last epoch
         return "resume", run.last
@@ -218,70 +218,41 @@ def write_result(run_dir: str | Path, **fields: Any) -> None:
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:
-    """A run's result, its checkpoint as a path; None if it has none (killed, or running).
-    A damaged one reads as failed and `damaged`, so that a run coming back resumes."""
-    path = RunDir(Path(run_dir)).result
-    if not path.is_file():
-        return None
+    """A run's result with its "dir" and its "checkpoint" as a path ("": none); None if it
+    has none (killed, or running). A damaged one reads as failed and `damaged`, its error
+    naming it, so that a run coming back resumes."""
     try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        with open(os.path.join(run_dir, "result.json"), "rb") as f:
+            result = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:  # a folder, unreadable, cut short, not JSON
         result = f"{type(e).__name__}: {e}"
     if not (isinstance(result, dict) and isinstance(result.get("status"), str)):
-        return {
-            "status": "failed",
-            "error": f"damaged {path.name} ({str(result)[:100]})",
-            "damaged": True,
-        }
-    if isinstance(result.get("checkpoint"), str) and result["checkpoint"]:
-        result["checkpoint"] = str(Path(run_dir) / result["checkpoint"])
+        error = f"damaged result.json ({str(result)[:100]})"
+        result = {"status": "failed", "error": error, "damaged": True}
+    ckpt = result.get("checkpoint")  # relative to its folder, or absolute
+    result["checkpoint"] = os.path.join(run_dir, ckpt) if isinstance(ckpt, str) and ckpt else ""
     return {**result, "dir": str(run_dir)}
-
-
-def read_overrides(run_dir: Path) -> list[str] | None:
-    """A run folder's overrides, as Hydra wrote them; None for a folder that is not a run's."""
-    try:
-        overrides = yaml.safe_load(RunDir(run_dir).overrides.read_text()) or []
-    except (OSError, yaml.YAMLError):
-        return None
-    ok = isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)
-    return overrides if ok else None
-
-
-def _accuracy(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1
 
 
 def distrust(row: dict[str, Any]) -> str | None:
     """Why a run's record is no model to serve or rank, or None: it ended ok with a val_acc in
     [0, 1] and names a checkpoint that is there, inside its own run folder. (A record forged
     by someone who can write your files is beyond what a record can prove.)"""
-    if row.get("status") != "ok" or not _accuracy(row.get("val_acc")):
+    acc = row.get("val_acc")  # NaN fails both comparisons
+    if row.get("status") != "ok" or not (isinstance(acc, int | float) and 0 <= acc <= 1):
         return "not finished with a val_acc in [0, 1]"
     if not row.get("checkpoint"):
         return NO_CHECKPOINT
-    folder = Path(str(row.get("dir") or ""))
-    ckpt = folder / str(row.get("checkpoint"))  # a path relative to it, or absolute
-    if not ckpt.resolve().is_relative_to(folder.resolve()):
+    folder = str(row.get("dir") or ".")
+    ckpt = os.path.join(folder, str(row["checkpoint"]))  # relative to it, or absolute
+    parts = os.path.relpath(ckpt, folder).split(os.sep)  # quick: inside, and through no link
+    steps = (os.path.join(folder, *parts[: i + 1]) for i in range(len(parts)))
+    inside = parts[0] != ".." and not any(map(os.path.islink, steps))
+    if not (inside or os.path.realpath(ckpt).startswith(os.path.realpath(folder) + os.sep)):
         return f"its checkpoint {ckpt} is not inside its run folder {folder}"
-    return None if ckpt.is_file() else f"its checkpoint {ckpt} is gone"
-
-
-def read_best(record: str | Path) -> dict[str, Any]:
-    """The best-model record; RecordError names a missing or damaged one and the fix."""
-    record, fix = Path(record), "Train again (make train) or pass --checkpoint PATH."
-    if not record.exists():
-        raise RecordError(f"No model recorded yet: {record} does not exist. {fix}")
-    try:
-        entry = json.loads(record.read_text())
-    except (OSError, ValueError) as e:  # a folder, unreadable, empty or not JSON
-        raise RecordError(f"{record} is damaged ({type(e).__name__}: {e}). {fix}") from None
-    ok = isinstance(entry, dict) and isinstance(entry.get("checkpoint"), str)
-    if not (ok and _accuracy(entry.get("val_acc"))):
-        raise RecordError(
-            f"{record} is damaged (no checkpoint and a val_acc in [0, 1] in it). {fix}"
-        )
-    return entry
+    return None if os.path.isfile(ckpt) else f"its checkpoint {ckpt} is gone"
 
 
 def sure_acc(row: dict[str, Any]) -> float:
@@ -295,46 +266,6 @@ def sure_acc(row: dict[str, Any]) -> float:
     return low / (1 + z * z / n)
 
 
-def record_best(rows: list[dict[str, Any]], record: str | Path) -> dict[str, Any] | None:
-    """Point `record` at the best trusted run of `rows` if it beats the one recorded. A
-    damaged record is set aside as `<name>.bad-<time>` and replaced. Read, compare and write
-    are one step under a lock, so two runs ending at once never leave the worse one. Never
-    fails the run or sweep that calls it: what goes wrong is one warning."""
-    record = Path(record)
-    best = max((r for r in rows if distrust(r) is None), key=sure_acc, default=None)
-    if best is None:
-        return None
-    try:
-        if record.exists() and not record.is_file():
-            raise OSError(f"{record} is a folder: set paths.best_record to a file")
-        record.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(record.with_name(f".{record.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # let go of by the kernel when the process ends
-            if record.exists():
-                try:
-                    current = read_best(record)
-                    if Path(current["checkpoint"]).is_file():  # one that is gone is replaced
-                        if why := distrust({"status": "ok", "dir": current.get("dir"), **current}):
-                            raise RecordError(f"{record} is damaged: not to be trusted, as {why}.")
-                        if sure_acc(current) >= sure_acc(best):
-                            return current
-                except RecordError as e:
-                    aside = record.with_name(f"{record.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
-                    os.replace(record, aside)
-                    log.warning("%s Set aside as %s; writing a new one.", e, aside.name)
-            keys = ("val_acc", "val_images", "test_acc", "overrides", "dir")
-            entry = {k: best.get(k) for k in keys}
-            entry["checkpoint"] = str((Path(best["dir"]) / best["checkpoint"]).resolve())
-            write_atomic(record, json.dumps(entry, indent=2))
-            return entry
-        finally:
-            os.close(fd)
-    except OSError as e:
-        log.warning("Could not record the best model in %s (%s).", record, e)
-        return None
-
-
 def recipe_of(result: dict[str, Any]) -> str | None:
     """The recipe a run followed: its experiment=... override ("seed" is "student"), else
     "default"; None when its overrides are damaged (not a list of strings)."""
@@ -346,22 +277,44 @@ def recipe_of(result: dict[str, Any]) -> str | None:
     return "student" if name == "seed" else name
 
 
-def trusted_runs(log_dir: str | Path) -> list[dict[str, Any]]:
-    """Every finished, trusted run under log_dir (runs and sweeps), with its "recipe"."""
-    results = (read_result(path.parent) or {} for path in Path(log_dir).rglob("result.json"))
-    return [{**r, "recipe": recipe_of(r)} for r in results if distrust(r) is None]
+def _overrides(run_dir: str) -> Any:
+    """A run folder's overrides as Hydra wrote them (a list); None if unreadable."""
+    try:
+        return yaml.safe_load(RunDir(Path(run_dir)).overrides.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
 
 
-def best_per_recipe(log_dir: str | Path) -> list[dict[str, Any]]:
-    """The best trusted run of each recipe under log_dir, by sure_acc, best first."""
-    best: dict[str, dict[str, Any]] = {}
-    for run in sorted(trusted_runs(log_dir), key=sure_acc):
-        best[run["recipe"]] = run  # the last, the surest, stays
-    return sorted(best.values(), key=lambda r: -sure_acc(r))
+def scan(folder: str | Path) -> list[dict[str, Any]]:
+    """One row per run folder under `folder` (a folder holding result.json or .hydra/; none
+    is looked into further, nor dot-folders such as .cache and .submitit), in path order: its
+    read_result, else {"status": NO_RESULT}; its "overrides" (from result.json, else from
+    .hydra/overrides.yaml: None if unreadable), "recipe" and "untrusted": None for a run to
+    serve and rank, else why not (distrust, or damaged overrides). Never raises for a record."""
+    rows, todo = [], [os.path.abspath(folder)]
+    while todo:
+        path = todo.pop()
+        row = read_result(path)
+        if row is None and not os.path.isdir(os.path.join(path, ".hydra")):
+            try:  # not a run's folder: look for runs in it
+                with os.scandir(path) as entries:
+                    dirs = (e for e in entries if e.is_dir(follow_symlinks=False))  # no loop
+                    todo += [e.path for e in dirs if e.name[0] != "."]
+            except OSError:  # unreadable, or gone meanwhile
+                pass
+            continue
+        row = row or {"status": NO_RESULT, "checkpoint": "", "dir": path}
+        overrides = row["overrides"] if "overrides" in row else _overrides(path)
+        row["overrides"] = overrides.split() if isinstance(overrides, str) else overrides
+        row["recipe"] = recipe_of(row)
+        damaged = row["recipe"] is None and "its result.json's overrides are damaged"
+        ended = row["status"] != NO_RESULT and not row.get("damaged")
+        why = (distrust(row) or damaged) if ended else row.get("error", NO_RESULT)
+        row["untrusted"] = why or None
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["dir"])
 
 
-def best_on_drawings(log_dir: str | Path) -> dict[str, Any] | None:
-    """The trusted run under log_dir that reads validation drawings best, ties to the
-    better val_acc; None when no record has that score."""
-    scored = [r for r in trusted_runs(log_dir) if _accuracy(r.get("val_drawings_acc"))]
-    return min(scored, key=lambda r: (-r["val_drawings_acc"], -sure_acc(r)), default=None)
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows to serve and rank (untrusted None), best first by sure_acc; ties in path order."""
+    return sorted((r for r in rows if r["untrusted"] is None), key=sure_acc, reverse=True)

@@ -1,12 +1,14 @@
-"""After a sweep: the leaderboard (CSV, Markdown) and the best record; before it, its folder
-and the resumed Optuna study. A Hydra callback around every multirun, and a command for any
-sweep folder: `python -m hdr.runs.sweep <sweep folder>`. (TensorBoard shows a sweep's curves
-side by side: tensorboard --logdir <sweep folder>.)"""
+"""A sweep's leaderboard (leaderboard.csv, .md), from one records.scan of its folder; before
+the sweep, its folder and the resumed Optuna study. A Hydra callback around every multirun
+(conf/hydra/default.yaml), and a command that rebuilds the leaderboard of any sweep folder:
+`python -m hdr.runs.sweep <sweep folder>`. (TensorBoard shows a sweep's curves side by side:
+tensorboard --logdir <sweep folder>.) Light: imports no torch or Lightning."""
 
 import csv
 import io
 import logging
 import math
+import os
 import socket
 import sys
 from pathlib import Path
@@ -16,44 +18,49 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from hdr.runs.config import compose
-from hdr.runs.prune import open_study, study_url
-from hdr.runs.records import NO_CHECKPOINT, distrust, read_overrides, read_result, record_best
+from hdr.runs.records import NO_CHECKPOINT, ranked, scan
 from hdr.utils import write_atomic
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["rank", "run", "overrides", "val_acc", "test_acc", "epochs", "seconds", "status"]
+STUDY = "pruning"  # the name of a sweep's pruning study (hdr.runs.prune)
 
 
-def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per run folder: finished runs by validation accuracy, then pruned, then the
-    rest (failed, or killed: no result)."""
+def study_url(sweep_dir: str, storage: str | None = None) -> str:
+    """Where a sweep's pruning study lives: `storage`, else SQLite in the sweep folder."""
+    return storage or f"sqlite:///{sweep_dir}/{STUDY}.db"
+
+
+def open_study(url: str, pruner: Any = None) -> Any:
+    """The sweep's study, made if new. SQLite allows one writer: wait for its lock."""
+    import optuna  # 1.6 s to import: only sweeps that prune pay for it
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return optuna.create_study(
+        storage=storage, study_name=STUDY, pruner=pruner, direction="maximize", load_if_exists=True
+    )
+
+
+def leaderboard(runs: list[dict[str, Any]], sweep_dir: str) -> list[dict[str, Any]]:
+    """A row for each of scan's `runs`: finished runs by validation accuracy, then pruned, then
+    the rest (failed, or killed: no result); an ok run whose record is not trusted is failed."""
     rows = []
-    for run_dir in sorted(p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()):
-        overrides = read_overrides(run_dir)
-        if overrides is None:
-            log.warning("Not a run's folder (no list of overrides), left out: %s", run_dir)
+    for run in runs:
+        if not isinstance(run["overrides"], list):
+            log.warning("Not a run's folder (no list of overrides), left out: %s", run["dir"])
             continue
-        result = read_result(run_dir) or {}
-        status = str(result.get("status", "no result (killed?)"))
+        status, error = run["status"], run.get("error", "")
         if status == "pruned":
-            status = f"pruned at epoch {result.get('pruned_at')}"
-        untrusted = distrust(result) if status == "ok" else None  # edited, or copied in
-        if untrusted not in (None, NO_CHECKPOINT):
-            status, result = "failed", {**result, "error": f"record not trusted: {untrusted}"}
-        keys = ("val_acc", "val_images", "test_acc", "epochs", "seconds")  # val_images: ranks
-        row = {k: result.get(k) for k in keys}
+            status = f"pruned at epoch {run.get('pruned_at')}"
+        if status == "ok" and run["untrusted"] not in (None, NO_CHECKPOINT):  # edited, copied in
+            status, error = "failed", f"record not trusted: {run['untrusted']}"
+        keys = ("val_acc", "val_images", "test_acc", "epochs", "seconds", "checkpoint", "dir")
         rows.append(
-            {
-                **row,
-                "run": run_dir.name,
-                "overrides": " ".join(overrides),
-                "status": status,
-                "error": result.get("error", ""),
-                "checkpoint": result.get("checkpoint", ""),
-                "dir": str(run_dir.resolve()),
-            }
+            {k: run.get(k) for k in keys}
+            | {"run": os.path.relpath(run["dir"], sweep_dir), "status": status, "error": error}
+            | {"overrides": " ".join(map(str, run["overrides"]))}
         )
 
     def key(row: dict) -> tuple:
@@ -63,31 +70,20 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         return (group if scored else 2, -acc if scored else 0.0, row["run"])
 
     rows.sort(key=key)
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
-    return rows
-
-
-def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
-    """The override keys whose values differ between runs."""
-    values: dict[str, set[str]] = {}
-    for row in rows:
-        for item in row["overrides"].split():
-            key, _, value = item.partition("=")
-            values.setdefault(key, set()).add(value)
-    return [k for k, v in values.items() if len(v) > 1]
+    return [{**row, "rank": rank} for rank, row in enumerate(rows, 1)]
 
 
 def write_leaderboard(sweep_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """leaderboard.csv (every field, errors whole) and leaderboard.md (accuracies in %)."""
+    """leaderboard.csv (every field, errors whole) and leaderboard.md (accuracies in %, the
+    values that differ between runs)."""
     table = io.StringIO()
-    writer = csv.DictWriter(
-        table, fieldnames=[*COLUMNS, "val_images", "error", "checkpoint", "dir"]
-    )
+    writer = csv.DictWriter(table, [*COLUMNS, "val_images", "error", "checkpoint", "dir"])
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(sweep_dir / "leaderboard.csv", table.getvalue())
-    varying = set(swept_keys(rows))
+    values: dict[str, set[str]] = {}
+    for item in (o for row in rows for o in row["overrides"].split()):
+        values.setdefault(item.partition("=")[0], set()).add(item)
     lines = [
         "| rank | run | swept values | val acc % | test acc % | epochs | seconds | status |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
@@ -98,7 +94,7 @@ def write_leaderboard(sweep_dir: Path, rows: list[dict[str, Any]]) -> Path:
             else f"{v:.1f}" if isinstance(v, float) else str(v)
             for c, v in ((c, row[c]) for c in COLUMNS)
         ]  # fmt: skip
-        swept = [o for o in row["overrides"].split() if o.partition("=")[0] in varying]
+        swept = [o for o in row["overrides"].split() if len(values[o.partition("=")[0]]) > 1]
         cells[2] = f"`{' '.join(swept)}`" if swept else ""
         if row["error"]:  # one line, whatever the message holds; the CSV keeps it whole
             cells[-1] += ": " + " ".join(str(row["error"]).split()).replace("|", "/")[:120]
@@ -107,18 +103,18 @@ def write_leaderboard(sweep_dir: Path, rows: list[dict[str, Any]]) -> Path:
     return sweep_dir / "leaderboard.md"
 
 
-def summarize(sweep_dir: str | Path, record: str | Path) -> list[dict[str, Any]]:
-    """Leaderboard and best record for one sweep folder."""
-    sweep_dir = Path(sweep_dir)
-    rows = collect(sweep_dir) if sweep_dir.is_dir() else []
+def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Write the leaderboard of one sweep folder; its rows."""
+    sweep_dir = os.path.abspath(sweep_dir)
+    runs = scan(sweep_dir) if os.path.isdir(sweep_dir) else []
+    rows = leaderboard(runs, sweep_dir)
     if not rows:
         raise LookupError(f"No runs in {sweep_dir}: give a sweep folder under outputs/.")
-    board = write_leaderboard(sweep_dir, rows)
-    best = record_best(rows, record)
+    board = write_leaderboard(Path(sweep_dir), rows)
     pruned = sum(r["status"].startswith("pruned") for r in rows)
     failed = sum(r["status"] not in ("ok", "smoke") for r in rows) - pruned
     log.info("Leaderboard (%d runs, %d pruned, %d failed): %s", len(rows), pruned, failed, board)
-    if best:
+    for best in ranked(runs)[:1]:
         log.info("Best checkpoint (val acc %.2f%%): %s", 100 * best["val_acc"], best["checkpoint"])
     return rows
 
@@ -128,9 +124,6 @@ class SweepCallback(Callback):
     wait on a Ray head that does not answer; make its folder (the Optuna studies live there)
     and resume a stored Optuna study to n_trials in all. After it: `summarize`. Hydra turns a
     callback's exception into a warning: errors exit here, in one line."""
-
-    def __init__(self, best_record: str) -> None:
-        self.best_record = Path(best_record)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -168,12 +161,9 @@ class SweepCallback(Callback):
             try:
                 open_study(url)
             except Exception as e:
-                log.warning(
-                    "Pruning is off: its study %s cannot be made (%s). If that file is "
-                    "damaged, delete it.",
-                    url,
-                    str(e).splitlines()[0],
-                )
+                why = str(e).splitlines()[0]
+                log.warning("Pruning is off: its study %s cannot be made (%s). If that file "
+                            "is damaged, delete it.", url, why)  # fmt: skip
         if sweeper.get("storage") and "n_trials" in sweeper:
             try:
                 done = resume_study(sweeper.storage, sweeper.study_name, sweep_dir)
@@ -184,12 +174,8 @@ class SweepCallback(Callback):
                     "aside) to start the study afresh."
                 )
             if done:
-                log.info(
-                    "Resuming study %s: %d of %d trials done.",
-                    sweeper.study_name,
-                    done,
-                    sweeper.n_trials,
-                )
+                total, name = sweeper.n_trials, sweeper.study_name
+                log.info("Resuming study %s: %d of %d trials done.", name, done, total)
                 with read_write(sweeper):
                     sweeper.n_trials = max(0, sweeper.n_trials - done)
                     if sweeper.get("sampler", {}).get("seed") is not None:
@@ -200,7 +186,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = config.hydra.sweep.dir
         try:
-            summarize(sweep_dir, self.best_record)
+            summarize(sweep_dir)
         except LookupError:
             sys.exit(
                 f"Error: no run of the sweep left its record in {sweep_dir} (see the lines "
@@ -221,7 +207,7 @@ def resume_study(url: str, study_name: str, sweep_dir: Path) -> int:
     path = Path(url.removeprefix("sqlite:///"))
     if url.startswith("sqlite:///") and not path.exists():
         return 0  # a new sweep: no database yet, and none made here
-    import optuna  # as in hdr.runs.prune.open_study
+    import optuna  # as in open_study
 
     storage = optuna.storages.RDBStorage(url)
     try:
@@ -257,11 +243,9 @@ def ray_head(address: str | None) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) != 2:
-        sys.exit(
-            "usage: python -m hdr.runs.sweep SWEEP_DIR   (e.g. outputs/sweep_lr/multiruns/<date>)"
-        )
+        sys.exit("usage: python -m hdr.runs.sweep SWEEP_DIR  (e.g. outputs/sweep_lr/multiruns/*)")
     try:
-        summarize(sys.argv[1], compose().paths.best_record)
+        summarize(sys.argv[1])
     except LookupError as e:
         sys.exit(str(e))
     print((Path(sys.argv[1]) / "leaderboard.md").read_text())

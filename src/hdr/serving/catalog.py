@@ -1,80 +1,75 @@
-"""The trained models the app serves, each with a line saying what it is and why it is
-offered: first the best reader of drawings (val_drawings_acc), then the best on MNIST
-validation (best.json, what sweeps rank by), then the best run of each recipe."""
+"""What the app serves, first and why: from one scan of paths.log_dir's runs (the second
+file: hdr.runs.records.scan, which trusts each result.json once), the best reader of
+drawings first (val_drawings_acc: the app is drawn on), then the best on MNIST validation
+(records.ranked: what sweeps rank by), then the best run of each recipe. Each comes with a
+line saying what it is; a run still training, damaged or deleted is passed over, named."""
 
 import logging
 from pathlib import Path
 from typing import NamedTuple
 
+from hdr.core.checkpoints import CheckpointError, Net, load_net
 from hdr.core.drawings import STYLES, VAL_PER_STYLE
-from hdr.core.module import DigitClassifier
-from hdr.runs.checkpoint import CheckpointError, load_model
-from hdr.runs.records import (
-    RecordError,
-    RunDir,
-    best_on_drawings,
-    best_per_recipe,
-    read_best,
-    read_result,
-    recipe_of,
-)
+from hdr.runs import records
+from hdr.utils import UserError
 
 log = logging.getLogger(__name__)
 
 
 class Choice(NamedTuple):
-    model: DigitClassifier
+    model: Net  # served without Lightning: hdr.core.checkpoints
     about: str  # e.g. "CNN [32, 64, 128], run `app_s1`, test accuracy 99.53%": no server path
     recipe: str  # the recipe its run followed (records.recipe_of); "" if it has no record
 
 
-def load(checkpoint: str | Path | None = None, best_record: str | Path = "") -> Choice:
-    """The given checkpoint, else the one `best_record` names, and what it is."""
-    path = Path(checkpoint or read_best(best_record)["checkpoint"])
-    model = load_model(path)
-    result = read_result(RunDir.of_checkpoint(path).path) or {}
+def load(checkpoint: str | Path) -> Choice:
+    """The net saved at `checkpoint`, and what it is."""
+    path = Path(checkpoint)
+    model = load_net(path)
+    result = records.read_result(records.RunDir.of_checkpoint(path).path) or {}
     net = model.hparams.net
-    name = f"run `{RunDir.of_checkpoint(path).path.name}`" if result else f"`{path.name}`"
+    name = f"run `{records.RunDir.of_checkpoint(path).path.name}`" if result else f"`{path.name}`"
     about = f"{net['name'].upper()} {net.get('channels') or net.get('hidden')}, {name}"
     if isinstance(result.get("test_acc"), float):
         about += f", test accuracy {100 * result['test_acc']:.2f}%"
-    return Choice(model, about, (recipe_of(result) or "") if result else "")
+    return Choice(model, about, (records.recipe_of(result) or "") if result else "")
 
 
-def recorded(best_record: str | Path, log_dir: str | Path) -> dict[str, Choice]:
-    """The models to choose from, {label: choice}, the app's default first. A record or
-    model that cannot be trusted is passed over, with one line; RecordError when none is left."""
-    choices: dict[str, Choice] = {}
-    errors: list[tuple[str, Exception]] = []
-    seen: set[Path] = set()
-
-    def offer(why: str, checkpoint: str | None, record: str | Path = "", run=None) -> None:
-        try:
-            if run is not None and run["recipe"] is None:
-                raise RecordError(f"{run['dir']}: its result.json's overrides are damaged.")
-            path = Path(checkpoint or read_best(record)["checkpoint"]).resolve()
-            if path not in seen:
-                choice = load(path)
+def recorded(log_dir: str | Path) -> dict[str, Choice]:
+    """The models to choose from, {label: choice}, the app's default first. A run or model
+    that cannot be served is passed over, in one line each; RecordError when none is left."""
+    runs = records.scan(log_dir)
+    for run in runs:  # a run that failed or was pruned is no model: nothing to say
+        named = run["status"] in ("ok", records.NO_RESULT) or run.get("damaged")
+        if named and run["untrusted"] not in (None, records.NO_CHECKPOINT):
+            log.warning("Passed over %s: %s", run["dir"], run["untrusted"])
+    best, n = records.ranked(runs), VAL_PER_STYLE * len(STYLES)
+    drawn = [r for r in best if isinstance(v := r.get("val_drawings_acc"), float) and 0 <= v <= 1]
+    offers = [
+        (f"best on drawings ({100 * r['val_drawings_acc']:.1f}% of {n} validation drawings)", r)
+        for r in sorted(drawn, key=lambda r: -r["val_drawings_acc"])[:1]  # ties: surest first
+    ]
+    offers += [("best on MNIST validation", r) for r in best[:1]]
+    recipes: dict[str, dict] = {}
+    for run in best:  # best first: the first of each recipe is its best
+        recipes.setdefault(run["recipe"], run)
+    choices, errors, seen = {}, [], set()
+    for why, run in [*offers, *recipes.items()]:
+        if run["checkpoint"] not in seen:
+            seen.add(run["checkpoint"])
+            try:
+                choice = load(run["checkpoint"])
                 choices[f"{why}: {choice.about}"] = choice
-                seen.add(path)
-        except Exception as e:  # noqa: BLE001 whatever one bad file raises, the app starts
-            errors.append((str(checkpoint or record), e))
-
-    drawn = best_on_drawings(log_dir)
-    if drawn is not None:
-        n = VAL_PER_STYLE * len(STYLES)
-        offer(
-            f"best on drawings ({100 * drawn['val_drawings_acc']:.1f}% of {n} validation "
-            "drawings)",
-            drawn["checkpoint"],
-            run=drawn,
-        )
-    offer("best on MNIST validation", None, best_record)
-    for run in best_per_recipe(log_dir):
-        offer(run["recipe"], run["checkpoint"], run=run)
+            except Exception as e:  # noqa: BLE001 whatever one bad file raises, the app starts
+                errors.append((run["checkpoint"], e))
     if not choices:  # the first reason alone: the command prints it as its error
+        if not errors:
+            raise records.RecordError(
+                f"No model recorded yet: no finished run under {log_dir}. Train one "
+                "(make train) or pass --checkpoint PATH."
+            )
         what, e = errors[0]
-        if isinstance(e, RecordError | CheckpointError):
+        if isinstance(e, UserError):
             raise e
         raise CheckpointError(
             f"{what} cannot be served ({type(e).__name__}: {' '.join(str(e).split())})"
