@@ -7,7 +7,6 @@ import shutil
 import signal
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 # The app's own temporary folder (mkdtemp: a new name, mode 0700), removed at exit, for
@@ -22,101 +21,62 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from hdr.core.module import DigitClassifier  # noqa: E402
+from hdr.core.checkpoints import Net  # noqa: E402
 from hdr.core.pictures import BlankDrawing, read_picture, to_mnist  # noqa: E402
-from hdr.runs.checkpoint import CheckpointError  # noqa: E402
 from hdr.runs.config import compose  # noqa: E402
-from hdr.runs.records import RecordError  # noqa: E402
+from hdr.serving import sketchpad  # noqa: E402
 from hdr.serving.catalog import Choice, load, recorded, to_compare  # noqa: E402
 from hdr.serving.corrections import Corrections  # noqa: E402
-from hdr.serving.sketchpad import (  # noqa: E402
-    DELETE_CACHE,
-    MAX_UPLOAD,
-    PICK_BRUSH,
-    ClientBudget,
-    answer_malformed,
-    decode,
-    guard,
-    picture_of,
-    preview,
-)
-
-APP_RECIPE = "experiment=app"  # the recipe to train for the best reading of drawings
-
-
-def best_record() -> Path:
-    return Path(compose().paths.best_record)
-
-
-def load_model(checkpoint: str | Path | None = None) -> Choice:
-    """The given checkpoint, else the best recorded one, and what it is."""
-    return load(checkpoint, best_record())
-
-
-def recorded_models() -> dict[str, Choice]:
-    """The recorded models, best first, where the config keeps them."""
-    paths = compose().paths
-    return recorded(paths.best_record, paths.log_dir)
-
+from hdr.utils import UserError  # noqa: E402
 
 Answer = tuple[dict[str, float] | str, str | None]  # top classes or a message; preview file
+Drawing = dict | np.ndarray | None  # the Sketchpad's value
 
 
-def classify(model: DigitClassifier, x: torch.Tensor) -> Answer:
+def classify(model: Net, x: torch.Tensor) -> Answer:
     """Top classes with probabilities, and the 28x28 image the model saw."""
     with torch.inference_mode():
         probs = model(x)[0].softmax(-1)
-    return {str(d): float(p) for d, p in enumerate(probs)}, preview(x)
+    return {str(d): float(p) for d, p in enumerate(probs)}, sketchpad.preview(x)
 
 
-def make_predict(model: DigitClassifier):
-    def predict(image: dict | np.ndarray | None) -> Answer:
-        """For a drawing: the Sketchpad's value."""
-        if image is None:
-            return "Draw a digit", None
-        try:
-            x = to_mnist(image)
-        except ValueError as e:  # BlankDrawing says "Draw a digit"; others name the problem
-            return str(e), None
-        return classify(model, x)
-
-    return predict
+def predict(model: Net, image: Drawing) -> Answer:
+    """For a drawing."""
+    if image is None:
+        return "Draw a digit", None
+    try:
+        x = to_mnist(image)
+    except ValueError as e:  # BlankDrawing says "Draw a digit"; others name the problem
+        return str(e), None
+    return classify(model, x)
 
 
-def make_predict_picture(model: DigitClassifier):
-    def predict_picture(path: str | None) -> Answer:
-        """For an uploaded file: anything unreadable gets a message, never an error."""
-        if path is None:
-            return "Upload a picture of a digit", None
-        try:
-            x = to_mnist(read_picture(path))
-        except BlankDrawing:  # a flat colour, a dot, or a blank first frame of several
-            return "No digit in this picture (read from its first frame): upload one digit.", None
-        except ValueError as e:  # not a picture, damaged, too large: the message says which
-            return str(e), None
-        return classify(model, x)
-
-    return predict_picture
+def predict_picture(model: Net, path: str | None) -> Answer:
+    """For an uploaded file: anything unreadable gets a message, never an error."""
+    if path is None:
+        return "Upload a picture of a digit", None
+    try:
+        x = to_mnist(read_picture(path))
+    except BlankDrawing:  # a flat colour, a dot, or a blank first frame of several
+        return "No digit in this picture (read from its first frame): upload one digit.", None
+    except ValueError as e:  # not a picture, damaged, too large: the message says which
+        return str(e), None
+    return classify(model, x)
 
 
 def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
-    """The page for these models (the first is the default): the sketchpad, the model's
-    top 3 and what it saw, a correction to keep, an upload, and, when there are an MLP and a
-    CNN, both side by side. API: /predict and /picture (the default model), /correct, and
-    /compare (both)."""
-    default = next(iter(choices))
-    models = {label: choice.model for label, choice in choices.items()}
-    compare = to_compare(choices)
+    """The page for these models (the first is the default): the sketchpad, the model's top 3
+    and what it saw, a correction to keep, an upload, and, when there are an MLP and a CNN,
+    both side by side. API: /predict and /picture (the default model), /correct, /compare."""
+    default, compare = next(iter(choices)), to_compare(choices)
 
-    def predict(image: dict | np.ndarray | None, label: str) -> Answer:
-        return make_predict(models[label])(image)
+    def read(image: Drawing, label: str) -> Answer:
+        return predict(choices[label].model, image)
 
-    def predict_picture(path: str | None, label: str) -> Answer:
-        return make_predict_picture(models[label])(path)
+    def read_file(path: str | None, label: str) -> Answer:
+        return predict_picture(choices[label].model, path)
 
-    def correct(
-        image: dict | np.ndarray | None, digit: Any, label: str, request: gr.Request
-    ) -> str:
+    def correct(image: Drawing, digit: Any, label: str, request: gr.Request) -> str:
         """Keep "that drawing is a <digit>"; every refusal is a message."""
         if image is None:
             return "Draw a digit, then choose what it is."
@@ -124,36 +84,33 @@ def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
             seen = to_mnist(image)  # first: it reads the drawing as /predict does, or says why
             client = request.client.host  # the socket's peer, or what a trusted proxy says
             about = choices[label].about  # the run's name, never a path on the server
-            return corrections.add(picture_of(image), seen, digit, about, client=client)
+            return corrections.add(sketchpad.picture_of(image), seen, digit, about, client=client)
         except ValueError as e:  # refused (the limits), blank, or not a drawing
             return str(e)
 
-    def both(image: dict | np.ndarray | None) -> tuple[dict | str, dict | str]:
+    def both(image: Drawing) -> tuple[dict | str, dict | str]:
         """For a drawing: the top 3 of the student's MLP and of the best CNN."""
-        return tuple(make_predict(models[label])(image)[0] for label in compare)
+        return tuple(predict(choices[label].model, image)[0] for label in compare)
 
     # analytics_enabled=False: Gradio's telemetry would tell its servers about every launch.
     with gr.Blocks(
-        title="hdr: draw a digit", delete_cache=DELETE_CACHE, analytics_enabled=False
+        title="hdr: draw a digit", delete_cache=sketchpad.DELETE_CACHE, analytics_enabled=False
     ) as demo:
         gr.Markdown(
             "## Draw a digit\n"
             f"Model: {default}.\n\n"
-            f"For the best reading of drawings, train the app's model: `python -m hdr.train "
-            f"{APP_RECIPE}` (docs/results.md has its time and accuracy)."
+            "For the best reading of drawings, train the app's model: `python -m hdr.train "
+            "experiment=app` (docs/results.md has its time and accuracy)."
         )
         chosen = gr.State(default)  # a State, so API calls get the default model
         with gr.Row():
+            brush = gr.Brush(default_size=24, colors=["#000000"], color_mode="fixed")
             pad = gr.Sketchpad(
-                type="numpy",
-                canvas_size=(400, 400),
-                brush=gr.Brush(default_size=24, colors=["#000000"], color_mode="fixed"),
-                label="your digit",
+                type="numpy", canvas_size=(400, 400), brush=brush, label="your digit"
             )
-            # Set on the instance: a subclass of a Gradio component makes Gradio write a
-            # .pyi stub beside this file.
-            pad.convert_and_format_image = decode
-            guard(pad)
+            # On the instance: for a subclass, Gradio would write a .pyi stub beside this file.
+            pad.convert_and_format_image = sketchpad.decode
+            sketchpad.guard(pad)
             with gr.Column():
                 picker = gr.Dropdown(
                     list(choices), value=default, label="model", visible=len(choices) > 1
@@ -177,16 +134,15 @@ def build(choices: dict[str, Choice], corrections: Corrections) -> gr.Blocks:
             submit.click(both, pad, [mlp_label, cnn_label], api_name="compare")
             pad.change(both, pad, [mlp_label, cnn_label], api_name=False, show_progress="hidden")
         picker.change(lambda label: label, picker, chosen, api_name=False)
-        picker.change(predict, [pad, picker], [label, seen], api_name=False)
-        submit.click(predict, [pad, chosen], [label, seen], api_name="predict")
-        pad.change(predict, [pad, chosen], [label, seen], api_name=False, show_progress="hidden")
+        picker.change(read, [pad, picker], [label, seen], api_name=False)
+        submit.click(read, [pad, chosen], [label, seen], api_name="predict")
+        pad.change(read, [pad, chosen], [label, seen], api_name=False, show_progress="hidden")
         keep.click(correct, [pad, truth, chosen], kept, api_name="correct")
-        upload.upload(predict_picture, [upload, chosen], [label, seen], api_name="picture")
-        clear.click(None, js=PICK_BRUSH)
-        demo.load(None, js=PICK_BRUSH)
-    answer_malformed(demo)
-    # Two requests at a time: one's I/O overlaps the other's compute (benchmarks/app_load.py,
-    # docs/app.md).
+        upload.upload(read_file, [upload, chosen], [label, seen], api_name="picture")
+        clear.click(None, js=sketchpad.PICK_BRUSH)
+        demo.load(None, js=sketchpad.PICK_BRUSH)
+    sketchpad.answer_malformed(demo)
+    # Two requests at a time: one's I/O overlaps the other's compute (benchmarks/app_load.py).
     return demo.queue(default_concurrency_limit=2)
 
 
@@ -202,34 +158,30 @@ def main() -> None:
         "env HDR_TRUSTED_PROXIES); default none: a client is the address it connects from",
     )
     args = parser.parse_args()
-    # systemd and Docker stop a server with SIGTERM: end as Ctrl-C does, so that the atexit
-    # above removes the temporary folder with every user's uploads.
+    # SIGTERM (systemd, Docker) ends as Ctrl-C does: atexit removes the uploads' folder.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    # uvicorn believes X-Forwarded-For from these alone (its own default trusts 127.0.0.1,
-    # so any local client could pose as a new person at each request).
+    # uvicorn believes X-Forwarded-For from these alone (its default, 127.0.0.1, would let any
+    # local client pose as a new person at each request).
     os.environ["FORWARDED_ALLOW_IPS"] = args.trusted_proxy
+    try:  # the config composed once: where the runs and the corrections are
+        paths = compose().paths
+        choice = load(args.checkpoint) if args.checkpoint else None
+        choices = {choice.about: choice} if choice else recorded(paths.log_dir)
+    except UserError as e:  # no model, a damaged one, a bad setting: one line, no trace
+        sys.exit(f"Error: {e}")
     try:
-        if args.checkpoint:
-            choice = load_model(args.checkpoint)
-            choices = {choice.about: choice}
-        else:
-            choices = recorded_models()
-    except (RecordError, CheckpointError) as e:
-        sys.exit(str(e))
-    try:
-        build(choices, Corrections(compose().paths.corrections_dir)).launch(
+        build(choices, Corrections(paths.corrections_dir)).launch(
             server_name=args.host,
             server_port=args.port,
-            max_file_size=MAX_UPLOAD,
-            app_kwargs={"middleware": [Middleware(ClientBudget)]},
+            max_file_size=sketchpad.MAX_UPLOAD,
+            app_kwargs={"middleware": [Middleware(sketchpad.ClientBudget)]},
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Gradio waits for them: a normal exit
         pass
     except (OSError, ValueError) as e:  # a port in use, a host that is no address here
         sys.exit(
-            f"Error: cannot serve on {args.host}:{args.port} ({str(e).splitlines()[0]}). "
-            "Choose a free --port, and a --host this machine has (127.0.0.1, or 0.0.0.0 for "
-            "every network)."
+            f"Error: cannot serve on {args.host}:{args.port} ({str(e).splitlines()[0]}). Choose "
+            "a free --port, and a --host this machine has (127.0.0.1, or 0.0.0.0: all networks)."
         )
 
 

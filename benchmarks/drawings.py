@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from hdr.core.checkpoints import CheckpointError
 from hdr.core.data import MNISTDataModule
 from hdr.core.drawings import STYLES, draw, make_drawings, scan
-from hdr.runs.checkpoint import CheckpointError, load_model
+from hdr.runs.checkpoint import load_model
 from hdr.runs.config import data_dir
 from hdr.utils import cpu_description
 

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from hdr.runs.config import ROOT
@@ -18,6 +19,11 @@ from tests.helpers import DATA_DIR, quiet_trainer, shrunk_cfg
 PYCACHE = str(Path(tempfile.gettempdir()) / "hdr-test-pycache")
 os.environ["PYTHONPYCACHEPREFIX"] = PYCACHE
 sys.pycache_prefix = PYCACHE
+# Under pytest-xdist (make test) each worker, and every process its tests start, takes its
+# share of the cores: torch on every core in each worker would make them fight.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0)):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def checkout_files() -> dict[str, tuple[str, int, int]]:

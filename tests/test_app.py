@@ -6,6 +6,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,20 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
-from app.app import (
-    MAX_UPLOAD,
-    best_record,
-    build,
-    load_model,
-    make_predict,
-    recorded_models,
-    to_compare,
-)
+from app.app import build, predict, predict_picture
+from hdr.core.checkpoints import CheckpointError
 from hdr.core.corrections import read_dataset, read_entries
-from hdr.runs.checkpoint import CheckpointError
-from hdr.runs.config import ROOT
+from hdr.runs.config import ROOT, compose
 from hdr.runs.records import RecordError, read_result
+from hdr.serving.catalog import load, recorded, to_compare
 from hdr.serving.corrections import Corrections
+from hdr.serving.sketchpad import MAX_UPLOAD
 from tests.helpers import (
     BAD_PICTURES,
     BROWSER_ARGS,
@@ -56,12 +51,21 @@ def digits(mnist):
     return mnist.splits["test"]
 
 
-def test_missing_record_says_what_to_run_and_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
-    with pytest.raises(RecordError, match=f"{tmp_path / 'best.json'} does not exist.*make train"):
-        load_model()
+def test_missing_record_says_what_to_run_and_where_it_looked(tmp_path):
+    with pytest.raises(RecordError, match=f"No model recorded yet.* under {tmp_path}.*make train"):
+        recorded(tmp_path)
     with pytest.raises(CheckpointError, match="No checkpoint at nothing.ckpt"):
-        load_model("nothing.ckpt")
+        load("nothing.ckpt")
+
+
+@pytest.mark.slow
+def test_the_app_imports_no_lightning():
+    """A fresh interpreter, as `python app/app.py` starts: it serves a net, not a trainer."""
+    probe = "import sys, app.app; print(sorted(m for m in sys.modules if 'lightning' in m))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -71,40 +75,54 @@ def test_the_app_without_a_model_says_so_once_and_exits(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.count("No model recorded yet") == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: No model recorded yet")
 
 
 def test_the_record_is_the_checkouts_whatever_folder_the_app_starts_in(tmp_path, monkeypatch):
     monkeypatch.delenv("HDR_LOG_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert best_record() == ROOT / "outputs" / "best.json"
+    assert Path(compose().paths.log_dir) == ROOT / "outputs"
 
 
 @pytest.mark.parametrize(
-    "damage",
+    "damage, words",
     [
-        lambda p: p.write_text("{not json"),
-        lambda p: p.write_text(""),
-        lambda p: p.mkdir(),
-        lambda p: p.write_text('{"val_acc": 0.9}'),
+        (lambda p: p.write_text("{not json"), "damaged result.json (JSONDecodeError"),
+        (lambda p: p.write_text(""), "damaged result.json (JSONDecodeError"),
+        (lambda p: (p.unlink(), p.mkdir()), "damaged result.json (IsADirectoryError"),
+        (lambda p: p.write_text('{"val_acc": 0.99}'), "damaged result.json ({'val_acc'"),
+        (lambda p: (p.parent / "checkpoints" / "best.ckpt").unlink(), "best.ckpt is gone"),
+        (lambda p: p.unlink(), "no result (still training, or killed)"),
     ],
-    ids=["invalid", "empty", "directory", "no-checkpoint"],
+    ids=["invalid", "empty", "directory", "no-status", "deleted", "training"],
 )
-def test_a_damaged_record_is_named_with_the_fix(tmp_path, monkeypatch, damage):
-    monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
-    damage(tmp_path / "best.json")
-    with pytest.raises(RecordError) as err:
-        load_model()
-    message = str(err.value)
-    assert f"{tmp_path / 'best.json'} is damaged" in message
-    assert "make train" in message and "--checkpoint" in message
+def test_a_damaged_record_is_named_and_passed_over(
+    tmp_path, trained_checkpoint, caplog, damage, words
+):
+    for name, val_acc in (("good", 0.9), ("bad", 0.99)):
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "overrides.yaml").write_text("[]")
+        shutil.copy(trained_checkpoint, folder / "checkpoints" / "best.ckpt")
+        result = {"status": "ok", "val_acc": val_acc, "checkpoint": "checkpoints/best.ckpt"}
+        (folder / "result.json").write_text(json.dumps(result))
+    damage(tmp_path / "bad" / "result.json")
+    (label,) = recorded(tmp_path)
+    assert label.startswith("best on MNIST validation: MLP [1400], run `good`")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith(f"Passed over {tmp_path / 'bad'}: ")
+    assert words in warned[0], warned
 
 
 @pytest.mark.slow
 def test_app_started_in_its_own_folder_loads_the_recorded_model(tmp_path, trained_checkpoint):
     """`cd app && python app.py`, as a person would; records come from HDR_LOG_DIR here."""
     env = {**os.environ, "HDR_LOG_DIR": str(tmp_path)}
-    record = {"checkpoint": str(trained_checkpoint), "val_acc": 0.97}
-    (tmp_path / "best.json").write_text(json.dumps(record))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained_checkpoint, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    record = {"status": "ok", "checkpoint": "checkpoints/last.ckpt", "val_acc": 0.97}
+    (tmp_path / "run" / "result.json").write_text(json.dumps(record))
     port = free_port()
     log = (tmp_path / "app.log").open("w")
     cmd = [sys.executable, "app.py", "--port", str(port)]
@@ -126,7 +144,7 @@ def test_a_checkpoint_of_random_bytes_gets_a_whole_sentence_of_ours(tmp_path):
     path = tmp_path / "random.ckpt"
     path.write_bytes(np.random.default_rng(0).bytes(5000))
     with pytest.raises(CheckpointError) as err:
-        load_model(path)
+        load(path)
     message = str(err.value)
     assert (
         message == f"Cannot read {path}: it is damaged (e.g. a copy cut short) or not a "
@@ -140,30 +158,27 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, trained_checkpoint):
     ckpt["state_dict"]["net.1.weight"][0, 0] = float("nan")
     torch.save(ckpt, tmp_path / "nan.ckpt")
     with pytest.raises(CheckpointError, match="holds NaN or infinite weights.*lower model.lr"):
-        load_model(tmp_path / "nan.ckpt")
+        load(tmp_path / "nan.ckpt")
 
 
 def test_predict_reads_a_drawing_and_declines_a_blank(trained_checkpoint, digits):
-    model, about, _ = load_model(trained_checkpoint)
+    model, about, _ = load(trained_checkpoint)
     assert "MLP [1400]" in about
-    predict = make_predict(model)
-    label, seen = predict(sketch(redraw(digits.images[0], 400, 0.6, "centre", True)))
+    label, seen = predict(model, sketch(redraw(digits.images[0], 400, 0.6, "centre", True)))
     assert max(label, key=label.get) == str(digits.targets[0].item())
     assert np.asarray(Image.open(seen)).shape == (168, 168)  # 28x28, each pixel 6x6
-    assert predict(sketch(np.zeros((400, 400, 4), np.uint8))) == ("Draw a digit", None)
-    assert predict(None) == ("Draw a digit", None)
+    assert predict(model, sketch(np.zeros((400, 400, 4), np.uint8))) == ("Draw a digit", None)
+    assert predict(model, None) == ("Draw a digit", None)
 
 
 @pytest.mark.parametrize("name", ["animated.gif", "pages.tif"])
 def test_a_picture_whose_first_frame_is_blank_is_told_so_not_one_flat_colour(
     trained_checkpoint, digits, tmp_path, name
 ):
-    from app.app import make_predict_picture
-
     digit = Image.fromarray(255 - redraw(digits.images[0], 300, 0.6, "centre", True)[..., 3])
     blank = Image.new("L", digit.size, 255)
     blank.save(tmp_path / name, save_all=True, append_images=[digit, digit])
-    said, _ = make_predict_picture(load_model(trained_checkpoint).model)(str(tmp_path / name))
+    said, _ = predict_picture(load(trained_checkpoint).model, str(tmp_path / name))
     assert said == "No digit in this picture (read from its first frame): upload one digit."
 
 
@@ -191,7 +206,7 @@ def corrections_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(trained_checkpoint, cnn_checkpoint, corrections_dir):
     """The app with two models: the default an MLP (as the student's), and a CNN."""
-    mlp, cnn = load_model(trained_checkpoint), load_model(cnn_checkpoint)
+    mlp, cnn = load(trained_checkpoint), load(cnn_checkpoint)
     models = {f"student: {mlp.about}": mlp, f"app: {cnn.about}": cnn}
     demo = build(models, Corrections(corrections_dir))
     port = free_port()
@@ -333,6 +348,7 @@ def test_identical_requests_at_once_all_get_their_answer_and_preview(server, dig
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # Ray, SLURM and the browser: one worker runs them in turn
 def test_browser_draws_submits_corrects_and_clears(server, corrections_dir, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -387,9 +403,9 @@ def test_browser_draws_submits_corrects_and_clears(server, corrections_dir, tmp_
 
 
 def test_the_app_serves_a_cnn_too(cnn_checkpoint, digits):
-    loaded, about, _ = load_model(cnn_checkpoint)
+    loaded, about, _ = load(cnn_checkpoint)
     assert about.startswith("CNN [8, 16]")
-    label, _ = make_predict(loaded)(sketch(redraw(digits.images[1], 400, 0.6, "centre", False)))
+    label, _ = predict(loaded, sketch(redraw(digits.images[1], 400, 0.6, "centre", False)))
     assert max(label, key=label.get) == str(digits.targets[1].item())
 
 
@@ -403,9 +419,8 @@ def test_api_compare_gives_both_models_top3(client, digits, pictures):
 
 
 def test_recorded_models_offer_the_best_of_each_recipe_best_first(
-    tmp_path, monkeypatch, trained_checkpoint, cnn_checkpoint
+    tmp_path, trained_checkpoint, cnn_checkpoint
 ):
-    monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
     mlp, cnn = str(trained_checkpoint), str(cnn_checkpoint)
     runs = {
         "a": {
@@ -444,10 +459,7 @@ def test_recorded_models_offer_the_best_of_each_recipe_best_first(
                 copy.write_bytes(Path(result["checkpoint"]).read_bytes())
             result["checkpoint"] = str(copy)
         (folder / "result.json").write_text(json.dumps(result))
-    (tmp_path / "best.json").write_text(
-        json.dumps({**runs["b"], "dir": str(tmp_path / "sweep/b")})
-    )
-    choices = recorded_models()
+    choices = recorded(tmp_path)  # b: the best on MNIST validation
     labels = list(choices)
     assert len(labels) == 2
     assert labels[0].startswith("best on MNIST validation: CNN [8, 16]") and labels[1].startswith(
@@ -459,11 +471,10 @@ def test_recorded_models_offer_the_best_of_each_recipe_best_first(
 
 
 def test_the_best_reader_of_drawings_comes_first_and_says_why(
-    tmp_path, monkeypatch, trained_checkpoint, cnn_checkpoint
+    tmp_path, trained_checkpoint, cnn_checkpoint
 ):
     """val_drawings_acc outranks MNIST validation for the app; a record from before that
     score existed still loads."""
-    monkeypatch.setenv("HDR_LOG_DIR", str(tmp_path))
     runs = {
         "mnist_best": (cnn_checkpoint, {"val_acc": 0.99, "val_drawings_acc": 0.90}, "cnn"),
         "drawings_best": (trained_checkpoint, {"val_acc": 0.95, "val_drawings_acc": 0.935}, "app"),
@@ -476,15 +487,7 @@ def test_the_best_reader_of_drawings_comes_first_and_says_why(
         result = {"status": "ok", **scores, "overrides": [f"experiment={recipe}"]}
         result["checkpoint"] = str(folder / "checkpoints" / "best.ckpt")
         (folder / "result.json").write_text(json.dumps(result))
-    (tmp_path / "best.json").write_text(
-        json.dumps(
-            {
-                **json.loads((tmp_path / "mnist_best/result.json").read_text()),
-                "dir": str(tmp_path / "mnist_best"),
-            }
-        )
-    )
-    labels = list(recorded_models())
+    labels = list(recorded(tmp_path))
     assert labels[0].startswith("best on drawings (93.5% of 400 validation drawings): MLP [1400]")
     assert "drawings_best" in labels[0]
     assert labels[1].startswith("best on MNIST validation: CNN [8, 16]")
@@ -581,6 +584,7 @@ def keep_correction(page, digit: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # Ray, SLURM and the browser: one worker runs them in turn
 def test_with_app_and_cnn_trained_the_page_opens_on_the_app_model_and_learns_a_correction(
     tmp_path,
 ):

@@ -1,9 +1,12 @@
-"""Checkpoints are read as data only; missing, damaged, foreign and hostile ones are named."""
+"""Checkpoints are read as data only; missing, damaged, foreign and hostile ones are named;
+the net served from one answers as the trained module does."""
 
 import pytest
 import torch
 
-from hdr.runs.checkpoint import CheckpointError, load_model, read_checkpoint
+from hdr.core.checkpoints import CheckpointError, load_net, read_checkpoint
+from hdr.core.module import DigitClassifier
+from hdr.runs.checkpoint import load_model
 from hdr.runs.train import train
 from tests.helpers import run_cli
 
@@ -18,9 +21,20 @@ class Hostile:
         return open, (self.marker, "w")
 
 
-def test_a_real_checkpoint_loads(trained_checkpoint):
-    model = load_model(trained_checkpoint)
-    assert not model.training and model.hparams.net["hidden"] == [1400]
+def test_a_real_checkpoint_loads_as_a_net_to_serve_and_as_the_trained_module(trained_checkpoint):
+    net, model = load_net(trained_checkpoint), load_model(trained_checkpoint)
+    assert not net.training and not model.training and net.hparams.net["hidden"] == [1400]
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(net(x), model(x))
+
+
+@pytest.mark.parametrize("settings", [{}, {"standardize": False, "channels_last": True}])
+def test_the_served_net_reads_pixels_as_the_trained_module(tmp_path, settings):
+    model = DigitClassifier(net={"name": "cnn", "channels": [4, 8]}, **settings).eval()
+    ckpt = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
+    torch.save(ckpt, tmp_path / "cnn.ckpt")
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(load_net(tmp_path / "cnn.ckpt")(x), model(x))
 
 
 @pytest.mark.parametrize(
@@ -37,7 +51,7 @@ def test_bad_checkpoints_are_named(tmp_path, trained_checkpoint, make, words):
     path = tmp_path / "bad.ckpt"
     make(path, trained_checkpoint.read_bytes())
     with pytest.raises(CheckpointError, match=words) as err:
-        load_model(path)
+        load_net(path)
     assert str(path) in str(err.value)
 
 

@@ -1,6 +1,6 @@
 """Every command in the README's fenced bash blocks still runs as written: training commands
-compose with the real config, make targets exist (`make -n`), every other program answers
---help."""
+compose with the real config and find the data, every other program answers --help. (`make`
+targets are CI's own commands, .ci/run; `export` is the shell's.)"""
 
 import os
 import re
@@ -38,13 +38,9 @@ def test_the_readme_has_commands():
 
 
 def as_check(command: str) -> list[str]:
-    """The command made harmless: compose only, a dry run, or --help."""
+    """The command made harmless: --help."""
     words = shlex.split(command)
     program = words[0].removeprefix(".venv/bin/")
-    if program == "export":  # a shell builtin: bash runs it
-        return ["bash", "-c", command]
-    if program == "make":
-        return ["make", "-n", *words[1:]]
     if program == "python":
         return [sys.executable, words[1], "--help"]
     if program == "ray":  # `ray start ...`, `ray stop`, `ray get-auth-token ...`
@@ -65,7 +61,9 @@ def train_overrides(command: str) -> list[str] | None:
 
 
 TRAIN = [c for c in COMMANDS if train_overrides(c) is not None]
-OTHER = [c for c in COMMANDS if train_overrides(c) is None]
+OTHER = [
+    c for c in COMMANDS if train_overrides(c) is None and c.split()[0] not in ("make", "export")
+]
 
 
 @pytest.mark.parametrize("command", TRAIN)

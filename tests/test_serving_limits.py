@@ -243,7 +243,7 @@ def test_the_catalog_passes_over_a_damaged_record_and_an_odd_checkpoint_naming_e
     tmp_path, trained_checkpoint, caplog
 ):
     crafted_runs(tmp_path, trained_checkpoint)
-    choices = recorded(tmp_path / "best.json", tmp_path)
+    choices = recorded(tmp_path)
     assert [label.split(":")[0] for label in choices] == ["student"]
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(

@@ -1,6 +1,5 @@
 """The LightningModule: one net, cross-entropy, accuracy, the optimizer and its schedule; and
-EMA, an average of its weights. The quality report is a callback of its own
-(hdr.runs.report), fed by the logits the evaluation steps return."""
+EMA. The quality report is a callback (hdr.runs.report), fed the evaluation steps' logits."""
 
 from dataclasses import asdict
 from typing import Any
@@ -14,8 +13,7 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from hdr.core.augment import augment_batch
-from hdr.core.data import MNIST_MEAN, MNIST_STD
-from hdr.core.models import build_net, describe
+from hdr.core.models import build_net, net_config, read_pixels
 from hdr.core.settings import AugmentConfig, ModelConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -28,41 +26,32 @@ class DigitClassifier(L.LightningModule):
 
     def __init__(self, net: dict[str, Any], num_classes: int = 10, **settings: Any) -> None:
         super().__init__()
-        net, settings = describe(net), asdict(ModelConfig(**settings))
-        self.save_hyperparameters({"net": net, **settings, "num_classes": num_classes})
-        self.net = build_net(**net, num_classes=num_classes)
+        net, settings = net_config(**net), asdict(ModelConfig(**settings))
+        self.save_hyperparameters({"net": asdict(net), **settings, "num_classes": num_classes})
+        self.net = build_net(net, num_classes)
         self.augment = AugmentConfig.of(settings["augment"]) if settings["augment"] else None
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        # Training loss and accuracy as running sums in one tensor (loss x n, correct, n):
-        # three tensor ops a step, cheaper than two torchmetrics updates.
+        # Training (loss x n, correct, n) summed in one tensor: cheaper than two torchmetrics.
         self.register_buffer("train_sums", torch.zeros(3), persistent=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
 
     def setup(self, stage: str) -> None:
-        # In place (nn.Module.compile), so the weights keep their names (no `_orig_mod.`) and
-        # a checkpoint loads into a plain net; only to train: loaded to serve, it runs as is.
+        # In place (nn.Module.compile): the weights keep their names, none `_orig_mod.`, and a
+        # checkpoint loads into a plain net. Only to train: loaded to serve, it runs as is.
         if stage == "fit" and self.hparams.compile:
             self.net.compile()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, 1, 28, 28] float pixels in [0, 1], white digit on black, as MNIST."""
-        # Standardised here, not in the data, so the choice is in the checkpoint: whoever
-        # loads it (the app too) feeds plain pixels, in the net's own precision.
-        x = x.to(self.dtype)
-        if self.hparams.standardize:
-            x = (x - MNIST_MEAN) / MNIST_STD
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        h = self.hparams  # the input rule: hdr.core.models.read_pixels, the served net's too
+        return self.net(read_pixels(self.net, x, h.standardize, h.channels_last))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.augment:
-            x = augment_batch(x, self.augment)
-        logits = self(x)
+        logits = self(augment_batch(x, self.augment) if self.augment else x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         if not torch.isfinite(loss):  # training on would only make a misleading checkpoint
             raise FloatingPointError(
@@ -81,19 +70,16 @@ class DigitClassifier(L.LightningModule):
         self.log("train/acc", correct / n, prog_bar=True)
         self.train_sums.zero_()
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "val", self.val_acc)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "test", self.test_acc)
-
-    def _evaluate(self, batch: Batch, stage: str, acc: MulticlassAccuracy) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int, *, stage: str = "val") -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits, acc = self(x), getattr(self, f"{stage}_acc")
         acc(logits, y)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y))
         self.log(f"{stage}/acc", acc, prog_bar=True)
         return logits
+
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self.validation_step(batch, batch_idx, stage="test")
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:  # a partial validation is no score to keep
@@ -110,20 +96,17 @@ class DigitClassifier(L.LightningModule):
             self.val_acc_best.update(torch.tensor(checkpoint["val_acc_best"]))
 
     def configure_optimizers(self) -> Any:
-        opt, sched = build_optimizer(
-            self.parameters(), self.hparams, self.trainer.estimated_stepping_batches
-        )
-        if sched is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        steps = self.trainer.estimated_stepping_batches
+        opt, sched = build_optimizer(self.parameters(), self.hparams, steps)
+        stepped = {"scheduler": sched, "interval": "step"}
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": stepped}
 
 
 def build_optimizer(params: Any, hp: Any, total_steps: int) -> tuple[Any, Any]:
     """The optimizer and its per-step schedule (or None) from a model's settings."""
-    kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
-    if hp.optimizer != "sgd":  # fused: one kernel updates every tensor
-        kwargs |= {"betas": tuple(hp.betas), "fused": True}
-    opt = OPTIMIZERS[hp.optimizer](params, **kwargs)
+    # fused: one kernel updates every tensor
+    adam = {} if hp.optimizer == "sgd" else {"betas": tuple(hp.betas), "fused": True}
+    opt = OPTIMIZERS[hp.optimizer](params, lr=hp.lr, weight_decay=hp.weight_decay, **adam)
     if hp.scheduler == "onecycle":  # also cycles betas[0], 0.85-0.95
         return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total_steps)
     if hp.scheduler == "cosine":
@@ -133,10 +116,9 @@ def build_optimizer(params: Any, hp: Any, total_steps: int) -> tuple[Any, Any]:
 
 class EMA(WeightAveraging):
     """Lightning's weight averaging as an EMA whose decay warms up, (1 + n) / (10 + n) up to
-    `decay`, as TensorFlow's and timm's do: with a fixed decay the average kept the random
-    initial weights for epochs (docs/results.md). A checkpoint loaded to test keeps its
-    averaged weights: Lightning's own puts the raw ones back at any stage, so
-    `trainer.test(ckpt_path="best")` scored weights that validation never chose."""
+    `decay`, as TensorFlow's and timm's (a fixed decay kept the random weights for epochs,
+    docs/results.md). Loaded to test, a checkpoint keeps its averaged weights (Lightning's
+    own put the raw ones back: `trainer.test(ckpt_path="best")` scored unchosen weights)."""
 
     def __init__(self, decay: float = 0.999) -> None:
         def ema(average: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
