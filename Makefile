@@ -2,6 +2,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Test processes (pytest-xdist); the Ray, SLURM and browser tests share one of them.
+JOBS ?= 2
 
 .PHONY: install browser train app test lint lock clean
 
@@ -30,7 +32,7 @@ browser: install
 	|| { echo "make test needs a browser: install Chromium (sudo apt-get install chromium) or let Playwright fetch one (.venv/bin/playwright install chromium)." >&2; exit 1; }
 
 test: install browser  ## every test, slow ones included; add ARGS='-m "not slow"' for the quick loop
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup $(ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
