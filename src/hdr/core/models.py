@@ -1,8 +1,10 @@
 """The nets, each an nn.Sequential built from its config object (nanoGPT's GPTConfig way),
 returning raw logits; and read_pixels, what every model feeds its net. To change the MLP:
-MLPConfig (its settings, defaults and checks) and `mlp` here, and conf/model/mlp.yaml for a
-run's values. Hydra types `model.net` by these configs while it composes, and a checkpoint's
-net is rebuilt through them (settings added later take their defaults)."""
+MLPConfig (its settings, defaults and checks), `mlp` (its layers) and, for a layer with
+weights, count_params here; conf/model/mlp.yaml picks it (set a run's values there or on the
+command line, model.net.KEY=...). Hydra types `model.net` by these configs while it
+composes, and a checkpoint's net is rebuilt through them (settings added later take their
+defaults)."""
 
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise

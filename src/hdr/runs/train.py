@@ -1,11 +1,12 @@
 """A run, alone or one of a sweep's: `run` claims its folder, skips, resumes or trains it and
 records how it ended; `train` builds, fits, tests and writes result.json.
 
-How a sweep resumes after kill -9: the same command names the same folders (hydra.sweep.dir,
-each run's subdir by its overrides); each run claims its folder (a flock, which the kernel
-drops when the process dies); a run whose result.json says it finished (ok, pruned, smoke) is
-skipped, an unfinished one resumes from checkpoints/last.ckpt, saved every epoch. The rules
-and the folder's layout: hdr.runs.records (claim, resume_point, RunDir)."""
+How a sweep resumes after kill -9: the same command names the same folders (hydra.sweep.dir
+given, since the default is a new dated folder; each run's subdir is named by its overrides);
+each run claims its folder (a flock, which the kernel drops when the process dies); a run
+whose result.json says it finished (ok, pruned, smoke) is skipped, an unfinished one resumes
+from checkpoints/last.ckpt, saved every epoch. The rules and the folder's layout:
+hdr.runs.records (claim, resume_point, RunDir)."""
 
 import contextlib
 import gc
