@@ -186,7 +186,7 @@ def test_augmented_digits_are_still_recognised(cnn_run):
         moved = augment_batch(test.images, AFFINE)
         augmented = (model(moved).argmax(1) == test.targets).float().mean().item()
     # A short-trained net loses a little on moved digits; broken augmentation would lose far more.
-    assert augmented > 0.94 and augmented > plain - 0.03
+    assert augmented > 0.9 and augmented > plain - 0.03
 
 
 @pytest.mark.slow
