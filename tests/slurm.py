@@ -1,6 +1,7 @@
 """A real one-node SLURM cluster for the tests, in a folder of its own: Debian's slurm-wlm and
-munge (installed here with apt-get when root and missing), its own slurm.conf and ports, its
-daemons started by hand (no systemd) and stopped by PID. Clients find it through SLURM_CONF.
+munge (installed here with apt-get when root and missing), its own slurm.conf, ports and
+munged (its own socket: no other cluster or munged can stop it), its daemons started by hand
+(no systemd) and stopped by PID. Clients find it through SLURM_CONF.
 
 By hand: `python -m tests.slurm /tmp/cluster MaxArraySize=5` starts one and prints the
 SLURM_CONF to export; Ctrl-C stops it."""
@@ -18,7 +19,6 @@ from pathlib import Path
 from tests.helpers import free_port
 
 PACKAGES = ["slurm-wlm", "munge"]
-MUNGE_PID = Path("/run/munge/munged.pid")
 
 
 def unavailable() -> str | None:
@@ -58,9 +58,13 @@ def _stop(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+MUNGE = {"socket": "munge.socket", "pid-file": "munged.pid", "log-file": "log/munged.log"}
+MUNGE |= {"seed-file": "munged.seed"}
+
+
 @contextmanager
 def cluster(folder: Path, *extra: str) -> Iterator[dict[str, str]]:
-    """Start munged (unless one runs), slurmctld and slurmd on free ports with a slurm.conf in
+    """Start munged, slurmctld and slurmd (on free ports) with a slurm.conf in
     `folder` plus the `extra` lines (e.g. "MaxArraySize=5"); yield the environment a client
     needs (SLURM_CONF); stop what was started, by PID, however the block ends."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,6 +82,7 @@ def cluster(folder: Path, *extra: str) -> Iterator[dict[str, str]]:
                 f"SlurmdPort={free_port()}",
                 "SlurmUser=root",  # the folder is root's: no slurm user to own it
                 "AuthType=auth/munge",
+                f"AuthInfo=socket={folder / 'munge.socket'}",  # our munged's, not the system's
                 "MpiDefault=none",
                 "ProctrackType=proctrack/linuxproc",  # no cgroups here
                 "TaskPlugin=task/none",
@@ -105,11 +110,9 @@ def cluster(folder: Path, *extra: str) -> Iterator[dict[str, str]]:
     env = {**os.environ, "SLURM_CONF": str(conf)}
     started: list[int] = []
     try:
-        if _alive(MUNGE_PID) is None:
-            MUNGE_PID.parent.mkdir(parents=True, exist_ok=True)
-            shutil.chown(MUNGE_PID.parent, "munge", "munge")
-            subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True, timeout=30)
-            started.append(_wait_pid(MUNGE_PID))
+        munge = [f"--{k}={folder / v}" for k, v in MUNGE.items()]
+        subprocess.run(["munged", "--force", *munge], check=True, timeout=30)  # root's, here
+        started.append(_wait_pid(folder / MUNGE["pid-file"]))
         for daemon, pid_file in (("slurmctld", "slurmctld.pid"), ("slurmd", "slurmd.pid")):
             subprocess.run([daemon, "-f", str(conf)], env=env, check=True, timeout=60)
             started.append(_wait_pid(folder / pid_file))
