@@ -2,9 +2,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Test processes (pytest-xdist): 3 on 2 cores, since tests wait on servers, schedulers and
-# their processes' imports a third of the time; the Ray, SLURM and browser tests share one.
-JOBS ?= 3
+# Test processes (pytest-xdist); the Ray, SLURM and browser tests share one of them.
+JOBS ?= 2
 
 .PHONY: install browser train app test lint lock clean
 
